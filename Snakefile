@@ -1,0 +1,39 @@
+# vhbb: a CMS-style VH(bb), Z->nunu analysis with a mass-decorrelated classifier.
+# This file is the table of contents; the rules live in workflow/rules/*.smk and the logic in
+# the importable package src/vhbb.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/toy.smk"
+include: "workflow/rules/cache.smk"
+include: "workflow/rules/export.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),
+
+
+rule ntuples:
+    input:
+        toy_files(),
+
+
+rule cache:
+    input:
+        cache_outputs(),
+
+
+rule export:
+    input:
+        export_outputs(),

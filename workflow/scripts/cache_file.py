@@ -1,0 +1,11 @@
+"""Cache one ROOT file: derived columns, preselection, regions (rule cache_file)."""
+
+from vhbb import cache
+from vhbb.logs import run_script
+
+
+def main(smk) -> None:  # type: ignore[no-untyped-def]
+    cache.run_cache_file(smk.params.path, smk.output[0], **smk.params.spec)
+
+
+run_script(snakemake, main)
