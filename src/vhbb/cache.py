@@ -363,7 +363,13 @@ def _open_tree(path: str, tree: str):  # type: ignore[no-untyped-def]
 
 
 def _check_branches(ttree, path: str, needed: list[str]) -> None:  # type: ignore[no-untyped-def]
-    available = set(ttree.keys())
+    try:
+        available = set(ttree.keys())
+    except Exception as exc:
+        raise InputError(
+            f"cannot read the branches of {path}: {type(exc).__name__}: {exc}. The file may be "
+            "truncated or corrupt: copy or regenerate it."
+        ) from None
     for name in needed:
         if name not in available:
             close = difflib.get_close_matches(name, sorted(available), n=3)

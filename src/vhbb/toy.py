@@ -242,7 +242,7 @@ def generate_events(
 
     # detector response: Gaussian core + semileptonic low tail for b/c jets
     def response(flav: np.ndarray) -> np.ndarray:
-        r = rng.normal(1.03, 0.11, n)
+        r = rng.normal(1.03, 0.14, n)
         tail = (flav != "l") & (rng.random(n) < 0.22)
         r[tail] *= rng.uniform(0.78, 0.97, tail.sum())
         return np.clip(r, 0.3, 2.0)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the test suite uses (graphviz for the rule-graph picture).
+# Idempotent: a machine that has them skips the install.
+set -euo pipefail
+need=()
+for pkg in graphviz; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,105 @@
+"""Config schema, overlays, consistency checks and model references."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO
+
+from vhbb import config as cfgmod
+from vhbb.errors import ConfigError
+
+CONFIGS = REPO / "config"
+
+
+@pytest.fixture(scope="module")
+def base() -> dict:
+    return cfgmod.load_config([CONFIGS / "config.yaml"])
+
+
+@pytest.mark.parametrize("overlay", [None, "test.yaml", "full.yaml"])
+def test_shipped_configs_validate(overlay):
+    paths = [CONFIGS / "config.yaml"] + ([CONFIGS / overlay] if overlay else [])
+    config = cfgmod.load_config(paths)
+    assert config["lumi"] == pytest.approx(41.5)
+    assert set(config) >= {
+        "toy", "samples", "regions", "features", "export", "blinding", "weights",
+        "models", "scans", "evaluation", "fit", "seed", "lumi", "device",
+    }  # fmt: skip
+
+
+def test_overlay_deep_updates_and_shrinks():
+    base = yaml.safe_load((CONFIGS / "config.yaml").read_text())
+    test = yaml.safe_load((CONFIGS / "test.yaml").read_text())
+    merged = cfgmod.deep_update(base, test)
+    assert merged["toy"]["events"]["ZH"] < base["toy"]["events"]["ZH"]
+    # untouched keys survive the overlay
+    assert merged["regions"] == base["regions"]
+    assert (
+        base["toy"]["events"]["ZH"]
+        == yaml.safe_load((CONFIGS / "config.yaml").read_text())["toy"]["events"]["ZH"]
+    )
+
+
+def test_unknown_key_names_it_and_suggests(base):
+    bad = copy.deepcopy(base)
+    bad["export"]["fodls"] = 3
+    with pytest.raises(ConfigError, match=r"export\.fodls.*did you mean 'folds'"):
+        cfgmod.validate(bad)
+
+
+def test_wrong_type_names_the_key(base):
+    bad = copy.deepcopy(base)
+    bad["samples"]["list"]["ZH"]["xsec_pb"] = "a lot"
+    with pytest.raises(ConfigError, match=r"samples\.list\.ZH\.xsec_pb"):
+        cfgmod.validate(bad)
+
+
+def test_unknown_process_and_region(base):
+    bad = copy.deepcopy(base)
+    bad["samples"]["list"]["ZH"]["process"] = "Hbb"
+    with pytest.raises(ConfigError, match="unknown process 'Hbb'"):
+        cfgmod.validate(bad)
+    bad = copy.deepcopy(base)
+    bad["export"]["regions"] = ["SR_medhigh_Znn", "CR_ttbar"]
+    with pytest.raises(ConfigError, match="unknown region 'CR_ttbar'"):
+        cfgmod.validate(bad)
+
+
+def test_defaults_are_filled():
+    config = {
+        "toy": {},
+        "samples": {"processes": {"data": {"role": "data"}}, "list": {"d": {"process": "data"}}},
+        "regions": {"preselection": "met_pt > 0", "definitions": {"SR": "m_jj > 0"}},
+        "features": {"training": ["m_jj"]},
+        "export": {"training_region": "SR", "regions": ["SR"]},
+        "blinding": {},
+    }
+    cfgmod.validate(config)
+    assert config["seed"] == 20171
+    assert config["export"]["folds"] == 2
+    assert config["blinding"]["enabled"] is True
+    assert config["samples"]["list"]["d"]["files"] == []
+
+
+def test_model_reference_round_trip():
+    assert cfgmod.model_path_name("best:disco_lambda") == "best-disco_lambda"
+    assert cfgmod.model_path_name("adversarial") == "adversarial"
+    assert cfgmod.model_reference("best-disco_lambda") == "best:disco_lambda"
+
+
+def test_section_hash_is_canonical():
+    a = {"x": {"b": 1, "a": [1, 2]}, "y": 2}
+    b = {"y": 2, "x": {"a": [1, 2], "b": 1}}
+    assert cfgmod.section_hash(a) == cfgmod.section_hash(b)
+    assert cfgmod.section_hash(a) != cfgmod.section_hash({"y": 3, "x": a["x"]})
+
+
+def test_config_reference_is_up_to_date():
+    from vhbb import docs
+
+    assert (REPO / "docs" / "config.md").read_text() == docs.render(), (
+        "docs/config.md is stale: run `python -m vhbb.docs`"
+    )
