@@ -1,0 +1,284 @@
+"""The shared training engine and the decorrelated classifier methods."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from vhbb import cache, config, engine, export, toy, train
+from vhbb.errors import VhbbError
+
+torch = pytest.importorskip("torch")
+
+CFG = config.load_config([REPO / "config" / "config.yaml"])
+ROLES = {p: v["role"] for p, v in CFG["samples"]["processes"].items()}
+
+
+@pytest.fixture(scope="module")
+def sr_data():
+    """A small signal-region export built in memory from the toy (no files, no workflow)."""
+    layout = CFG["samples"]["layouts"]["flat"]
+    sizes = {
+        "ZH": 30_000,
+        "VZ": 15_000,
+        "Zhf": 60_000,
+        "TT": 60_000,
+        "Zlf": 20_000,
+        "others": 10_000,
+    }
+    frames = {}
+    for name, n in sizes.items():
+        ev = toy.generate_mc_file(name, n, toy.derive_seed(77, name, 0), 0)
+        stats = {"n_read": 0, "sum_gen_weight": 0.0, "n_pair": 0, "n_nan_dropped": 0}
+        frame = cache._process_chunk(
+            ev, "flat", layout, True, "genWeight", CFG["regions"]["preselection"],
+            CFG["regions"]["definitions"], stats, "drop", name,
+        )  # fmt: skip
+        xsec = CFG["samples"]["list"][name]["xsec_pb"]
+        frame["weight"] = frame["gen_weight"] * xsec * 1e3 * CFG["lumi"] / stats["sum_gen_weight"]
+        frames[name] = frame
+    samples = {n: {"process": n} for n in frames}
+    processes = {n: {"role": ROLES[n]} for n in frames}
+    table = export.region_table(
+        frames, region="SR_medhigh_Znn", samples=samples, processes=processes,
+        features=CFG["features"]["training"], export_cfg=CFG["export"], blinded=True, seed=1,
+    )  # fmt: skip
+    mean, std = export.standardisation(table)
+    names = list(processes)
+    nonres = np.isin(table["process"], [names.index(p) for p in names if ROLES[p] == "nonresonant"])
+    w = table["weight"]
+    data = {
+        "x": table["features/nominal"],
+        "x_jesUp": table["features/jesUp"],
+        "x_jesDown": table["features/jesDown"],
+        "label": table["label"].astype(np.int64),
+        "loss_weight": w,
+        "decorr_weight": np.where(nonres, np.abs(w), 0.0),
+        "decorr_weight_all": np.abs(w),
+        "m_jj": table["m_jj"].astype(np.float64),
+        "pt_jj": table["pt_jj"].astype(np.float64),
+        "fold": table["fold"],
+        "validation": table["validation"],
+    }
+    return data, list(CFG["features"]["training"]), mean, std
+
+
+def _spec(method: str, **over):  # type: ignore[no-untyped-def]
+    name = {"none": "nn_massless"}.get(method, method)
+    name = {"disco_then_adversarial": "disco_adversarial"}.get(name, name)
+    spec = train.resolve_model(CFG["models"], name)
+    spec.update(epochs=8, lr=0.005, batch_size=1024, layers=[64, 64], checkpoint_every=1)
+    spec["adversary"].update(pretrain_clf_epochs=2, pretrain_adv_epochs=2)
+    spec["systematic"].update(pretrain_clf_epochs=2, pretrain_adv_epochs=1)
+    spec["disco"] = dict(spec["disco"], **{"lambda": 5.0})
+    spec.update(over)
+    return spec
+
+
+def _fit(sr_data, spec, **kw):  # type: ignore[no-untyped-def]
+    data, names, mean, std = sr_data
+    return train.build_and_train(
+        spec, data, feature_names=names, mean=mean, std=std, fold=0, seed=3, progress=False, **kw
+    )
+
+
+def _out_of_fold_dcor(sr_data, clf) -> float:  # type: ignore[no-untyped-def]
+    from vhbb.metrics import distance_correlation_sq
+
+    data = sr_data[0]
+    sel = (data["fold"] == 0) & (data["decorr_weight"] > 0)
+    score = train.predict(clf, data["x"][sel])
+    return distance_correlation_sq(data["m_jj"][sel], score, data["decorr_weight"][sel])
+
+
+@pytest.fixture(scope="module")
+def baseline(sr_data):
+    clf, hist = _fit(sr_data, _spec("none"))
+    return clf, hist, _out_of_fold_dcor(sr_data, clf)
+
+
+def test_massless_baseline_sculpts(baseline):
+    _, hist, dcor = baseline
+    assert hist["epochs"][-1]["val/auc"] > 0.85
+    assert dcor > 0.1, "a mass-less classifier still learns m_jj through its correlated inputs"
+
+
+@pytest.mark.parametrize("method", ["disco", "adversarial", "disco_then_adversarial"])
+def test_decorrelation_lowers_dcor(sr_data, baseline, method):
+    clf, hist = _fit(sr_data, _spec(method))
+    dcor = _out_of_fold_dcor(sr_data, clf)
+    assert dcor < 0.6 * baseline[2], (method, dcor, baseline[2])
+    assert hist["epochs"][-1]["val/auc"] > 0.7
+    assert not hist["collapsed"]
+    phases = [e["phase"] for e in hist["epochs"]]
+    if "adversarial" in method:
+        assert phases[-1] == "joint" and "adversary" in phases
+
+
+def test_systematic_adversary_lowers_jes_score_shift(sr_data, baseline):
+    spec = _spec("systematic_adversary", epochs=4)
+    spec["systematic"]["lambda"] = 20.0
+    _clf, hist = _fit(sr_data, spec)
+    shift = hist["epochs"][-1]["val/sys_score_shift"]
+    assert shift < baseline[1]["epochs"][-1]["val/sys_score_shift"]
+
+
+def test_domain_adaptation_lowers_data_mc_ks(sr_data):
+    """Domain data: MC and 'data' differing in one input (soft activity, scaled by 1.4)."""
+    data, names, _, _ = sr_data
+    rng = np.random.default_rng(5)
+    idx = rng.choice(len(data["x"]), 20_000, replace=False)
+    x_mc = data["x"][idx[:10_000]]
+    x_data = data["x"][idx[10_000:]].copy()
+    sa = names.index("soft_activity")
+    x_data[:, sa] = rng.poisson(1.4 * np.maximum(x_data[:, sa], 0.1))
+    domain = {
+        "x": np.concatenate([x_mc, x_data]),
+        "is_data": np.r_[np.zeros(10_000, bool), np.ones(10_000, bool)],
+        "weight": np.ones(20_000),
+    }
+    spec_none = _spec("none")
+    spec_da = _spec("domain_adaptation", epochs=6)
+    spec_da["domain"].update({"lambda": 3.0, "pretrain_epochs": 1, "every": 2, "batch_size": 512})
+    spec_none["exclude_features"] = spec_da["exclude_features"]
+    _, hist_da = _fit(sr_data, spec_da, domain=domain)
+    clf_none, _ = _fit(sr_data, spec_none)
+    s = train.predict(clf_none, domain["x"])
+    d = domain["is_data"]
+    ks_none = train.ks_distance(s[d], np.ones(d.sum()), s[~d], np.ones((~d).sum()))
+    assert hist_da["epochs"][-1]["val/data_mc_ks"] < ks_none
+
+
+def test_deterministic_on_cpu(sr_data):
+    spec = _spec("disco", epochs=2)
+    a, _ = _fit(sr_data, spec)
+    b, _ = _fit(sr_data, spec)
+    x = sr_data[0]["x"][:2000]
+    np.testing.assert_array_equal(train.predict(a, x), train.predict(b, x))
+
+
+def test_resume_equals_uninterrupted(sr_data, tmp_path):
+    """Interrupt a run after epoch 3 (an exception at the 4th validation), resume from the
+    checkpoint: the model equals an uninterrupted run's, bit for bit (CPU)."""
+    spec = _spec("adversarial", epochs=2)
+    full, _ = _fit(sr_data, spec)
+    ckpt = tmp_path / "ckpt"
+    calls = {"n": 0}
+    original = train.build_and_train
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_three(*args, **kwargs):  # type: ignore[no-untyped-def]
+        real_train = engine.train
+
+        def wrapped(*a, **k):  # type: ignore[no-untyped-def]
+            validate = k["validate"]
+
+            def v():  # type: ignore[no-untyped-def]
+                calls["n"] += 1
+                if calls["n"] == 4:
+                    raise Stop
+                return validate()
+
+            k["validate"] = v
+            return real_train(*a, **k)
+
+        engine.train = wrapped
+        try:
+            return original(*args, **kwargs)
+        finally:
+            engine.train = real_train
+
+    with pytest.raises(Stop):
+        stop_after_three(
+            spec, sr_data[0], feature_names=sr_data[1], mean=sr_data[2], std=sr_data[3],
+            fold=0, seed=3, progress=False, checkpoint_dir=ckpt,
+        )  # fmt: skip
+    state = torch.load(ckpt / "last.pt", weights_only=False)
+    assert state["epoch"] == 3
+    resumed, hist = _fit(sr_data, spec, checkpoint_dir=ckpt)
+    assert len(hist["epochs"]) == 2 + 2 + 2
+    for (ka, va), (kb, vb) in zip(
+        full.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
+        assert ka == kb
+        assert torch.equal(va, vb), ka
+
+
+def test_nan_loss_stops_naming_epoch_and_term(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    data = {"train": {"x": torch.randn(64, 2)}}
+    epoch = {"n": 0}
+
+    def objective(nets, b):  # type: ignore[no-untyped-def]
+        loss = nets["net"](b["x"]).pow(2).mean()
+        bad = loss * (math.inf if epoch["n"] >= 2 else 1.0)
+        return {"total": loss, "penalty": bad}
+
+    def validate():  # type: ignore[no-untyped-def]
+        epoch["n"] += 1
+        return {}
+
+    phase = engine.Phase("main", 5, [engine.Step("net", objective)], {"net": 0.1})
+    with pytest.raises(engine.TrainingError, match=r"epoch 3 .*net/penalty"):
+        engine.train(
+            {"net": net}, {"net": opt}, data, [phase], batch_size=16, seed=0,
+            validate=validate, checkpoint_dir=tmp_path, progress=False,
+        )  # fmt: skip
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["epoch"] == 2
+
+
+def test_batches_without_nonresonant_background_skip_the_term(sr_data):
+    data = dict(sr_data[0])
+    data["decorr_weight"] = np.zeros_like(data["decorr_weight"])
+    _clf, hist = train.build_and_train(
+        _spec("disco", epochs=1), data, feature_names=sr_data[1], mean=sr_data[2],
+        std=sr_data[3], fold=0, seed=1, progress=False,
+    )  # fmt: skip
+    last = hist["epochs"][-1]
+    assert last["clf/skipped_batches"] == 1.0 and last["clf/disco"] == 0.0
+
+
+def test_collapse_is_flagged(sr_data):
+    data = dict(sr_data[0])
+    data["x"] = np.ones_like(data["x"])  # no information: the score is one value
+    _, hist = train.build_and_train(
+        _spec("none", epochs=1), data, feature_names=sr_data[1], mean=sr_data[2],
+        std=sr_data[3], fold=0, seed=1, progress=False,
+    )  # fmt: skip
+    assert hist["collapsed"] is True
+
+
+def test_unknown_method_and_preset():
+    models = {
+        "presets": {"p": {"layers": [4]}},
+        "list": {"a": {"preset": "p", "method": "magic"}, "b": {"preset": "q", "method": "none"}},
+    }
+    with pytest.raises(VhbbError, match="unknown method 'magic'"):
+        train.resolve_model(models, "a")
+    with pytest.raises(VhbbError, match="unknown or circular preset 'q'"):
+        train.resolve_model(models, "b")
+
+
+def test_checkpoint_and_onnx_round_trip(sr_data, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    clf, _ = _fit(sr_data, _spec("none", epochs=1))
+    names = sr_data[1]
+    train.save_model(clf, tmp_path / "model.pt", _spec("none"), names)
+    train.export_onnx(clf, tmp_path / "model.onnx", names)
+    loaded = train.load_model(tmp_path / "model.pt")  # weights_only=True inside
+    x = sr_data[0]["x"][:5000]
+    ref = train.predict(clf, x)
+    np.testing.assert_array_equal(train.predict(loaded, x), ref)
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    out = sess.run(None, {sess.get_inputs()[0].name: x.astype(np.float32)})[0]
+    np.testing.assert_allclose(out.reshape(-1), ref, atol=1e-5)
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["feature_names"]) == names
+    assert "m_jj" not in json.loads(meta["used_features"])

@@ -1,0 +1,53 @@
+rule train_model:
+    """Train one fold model (on the other folds) with the shared training engine."""
+    input:
+        unpack(train_inputs),
+    output:
+        checkpoint="results/models/{model}/fold{fold}/model.pt",
+        onnx="results/models/{model}/fold{fold}/model.onnx",
+        history="results/models/{model}/fold{fold}/history.json",
+        config="results/models/{model}/fold{fold}/config.json",
+        plot=report(
+            "results/models/{model}/fold{fold}/loss.png",
+            caption="../report/loss_curves.rst",
+            category="Training",
+            subcategory="{model}",
+            labels={"model": "{model}", "fold": "{fold}"},
+        ),
+    log:
+        "logs/train/{model}/fold{fold}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    params:
+        train=lambda wc: P.train(config, wc.model),
+        checkpoint_dir=lambda wc: f"results/checkpoints/{wc.model}/fold{wc.fold}",
+    script:
+        "../scripts/train_model.py"
+
+
+rule score_model:
+    """Score every cached event of every sample with the fold model that did not see it."""
+    input:
+        models=lambda wc: expand(
+            "results/models/{model}/fold{fold}/model.pt", model=wc.model, fold=FOLDS
+        ),
+        cache=expand("results/cache/{sample}.parquet", sample=SAMPLES),
+    output:
+        expand("results/scores/{{model}}/{sample}.parquet", sample=SAMPLES),
+    log:
+        "logs/scores/{model}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=60,
+    params:
+        samples=SAMPLES,
+        is_mc={s: not P.is_data(config, s) for s in SAMPLES},
+    script:
+        "../scripts/score_model.py"

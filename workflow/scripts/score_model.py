@@ -1,0 +1,17 @@
+"""Out-of-fold scores of every sample (rule score_model)."""
+
+from vhbb import apply
+from vhbb.logs import run_script
+
+
+def main(smk) -> None:  # type: ignore[no-untyped-def]
+    samples = smk.params.samples
+    apply.run_scores(
+        list(smk.input.models),
+        dict(zip(samples, smk.input.cache, strict=True)),
+        dict(zip(samples, smk.output, strict=True)),
+        smk.params.is_mc,
+    )
+
+
+run_script(snakemake, main)
