@@ -1,0 +1,228 @@
+"""DisCo: the weighted squared distance correlation as a differentiable torch loss term.
+
+Definition (Kasieczka & Shih, arXiv:2001.05310; the ``distance_corr`` function of
+gkasieczka/DisCo with ``power=1``).  For events ``i = 1..N`` with values ``x_i`` (e.g. the
+b-jet pair mass), ``y_i`` (the classifier output) and weights ``w_i``, normalise the weights to
+mean 1, ``v_i = N w_i / sum w`` (DisCo's ``normedweight``), i.e. ``p_i = v_i / N`` sums to 1, and
+define the distance matrices and their weighted double centring::
+
+    a_ij = |x_i - x_j|,      r_i = sum_j p_j a_ij,      abar = sum_i p_i r_i,
+    A_ij = a_ij - r_i - r_j + abar              (B_ij likewise from y, with s_i and bbar)
+
+    dCov^2(x, y) = sum_ij p_i p_j A_ij B_ij     (a V-statistic)
+    dCor^2(x, y) = dCov^2(x, y) / sqrt(dCov^2(x, x) dCov^2(y, y))
+
+This is what DisCo's ``torch.mean(ABavg * normedweight)`` etc. compute, and for unit weights it
+equals ``dcor.distance_correlation_sqr``; integer weights equal repeated events (a weight of 2 is
+the event twice).  ``dCor^2`` lies in [0, 1] and is 0 iff x and y are independent (in the large-N
+limit), which makes it a decorrelation penalty: ``loss = BCE + lambda * dCor^2(m, score)``.
+
+Two forms with the same value and gradient:
+
+* :func:`distance_corr_sq_reference` -- the DisCo formula with N x N matrices (memory
+  ``O(N^2)``: about 6 matrices of ``8 N^2`` bytes in float64), differentiated by autograd;
+* :func:`distance_corr_sq_tiled` -- never holds an N x N matrix.  Rows are processed in tiles
+  of T events (T x N blocks, memory ``O(N T)``):
+
+  1. pass 1 computes the weighted row means ``r_i``, ``s_i`` tile by tile (a T x N block of
+     ``|x_i - x_j|`` times the weight vector), then ``abar``, ``bbar``;
+  2. pass 2 rebuilds each tile of ``A`` and ``B`` from ``r``, ``s`` and accumulates
+     ``sum_j p_j A_ij B_ij``, ``... A_ij^2``, ``... B_ij^2`` per row, contracted with ``p_i``.
+     (The centred form is kept instead of the algebraically equal
+     ``sum p p a b - 2 sum p r s + abar bbar``, which cancels badly in floating point.)
+
+  The gradient is analytic (a custom ``torch.autograd.Function``), again tile by tile, so the
+  backward pass does not store N x N intermediates either.  Double centring ``C`` is the
+  orthogonal projection for the inner product ``<U, V>_p = sum p_i p_j U_ij V_ij`` (weighted
+  row and column sums of ``C(U)`` vanish), hence ``dCov^2(x, y) = <a, C(b)>_p`` is linear in
+  ``a`` with ``d dCov^2 / d a_ij = p_i p_j B_ij`` and ``d dCov^2(x, x) / d a_ij = 2 p_i p_j
+  A_ij``.  With ``F = dCor^2``, ``Vx = dCov^2(x, x)``, ``Vy = dCov^2(y, y)``::
+
+      dF/da_ij = p_i p_j (B_ij / sqrt(Vx Vy) - F A_ij / Vx)
+      dF/dx_k  = 2 sum_j dF/da_kj sign(x_k - x_j)          (a is symmetric)
+
+  and symmetrically for ``y``.  ``sign(0) = 0``, as autograd's derivative of ``abs`` at 0.
+  Time is ``O(N^2)`` for both forms (three tiled sweeps: two forward, one backward).
+
+:func:`distance_corr_sq` dispatches: the reference form up to ``threshold`` events, the tiled
+form above.  Weights are constants of the loss (no gradient flows to ``w`` in the tiled form; it
+refuses a ``w`` that requires grad).  A variable with zero distance variance (constant) gives
+0, as ``dcor`` does, instead of DisCo's NaN.  Everything runs on the inputs' device and dtype
+(the tiled form accumulates its sums in float64).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+#: Largest N evaluated with the reference (N x N) form by :func:`distance_corr_sq`.  On CPU
+#: the tiled form is already faster at N = 1024 (cache-sized tiles: 0.03 s against 0.19 s for
+#: value + gradient, one thread), and at N = 8192 it needs ~20 MiB instead of 4.6 GiB.
+DEFAULT_THRESHOLD = 1024
+#: Elements of one T x N tile when the tile size is chosen automatically: on CPU a tile that
+#: stays in cache (1 MiB in float64; measured fastest), on GPUs large tiles (few kernel launches).
+DEFAULT_TILE_ELEMENTS = {"cpu": 1 << 17, "other": 1 << 24}
+
+
+def _prepare(x: Tensor, y: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """Flatten ``x``/``y``, check shapes, return ``(x, y, p)`` with ``p = w / sum w``."""
+    x = x.reshape(-1)
+    y = y.reshape(-1)
+    if x.shape != y.shape:
+        raise ValueError(f"DisCo: x has {x.numel()} entries, y has {y.numel()}")
+    if x.numel() < 2:
+        raise ValueError("DisCo: need at least 2 events")
+    if w is None:
+        w = torch.ones_like(x)
+    w = w.reshape(-1).to(dtype=x.dtype, device=x.device)
+    if w.shape != x.shape:
+        raise ValueError(f"DisCo: weights have {w.numel()} entries, x has {x.numel()}")
+    total = w.sum()
+    if not bool(torch.isfinite(total.detach())) or float(total.detach()) <= 0:
+        raise ValueError("DisCo: weights must be finite with a positive sum")
+    return x, y, w / total
+
+
+def distance_corr_sq_reference(x: Tensor, y: Tensor, w: Tensor | None = None) -> Tensor:
+    """``dCor^2`` with N x N matrices, exactly DisCo's ``distance_corr(x, y, w, power=1)``.
+
+    ``w`` (default: ones) is normalised to mean 1 here, as DisCo requires of its
+    ``normedweight``.  Memory ``O(N^2)``; differentiable (also in ``w``) by autograd.
+    """
+    x, y, p = _prepare(x, y, w)
+    n = x.numel()
+    v = p * n  # DisCo's normedweight: mean 1
+    amat = (x[:, None] - x[None, :]).abs()
+    bmat = (y[:, None] - y[None, :]).abs()
+    amatavg = torch.mean(amat * v, dim=1)
+    big_a = amat - amatavg[None, :] - amatavg[:, None] + torch.mean(amatavg * v)
+    bmatavg = torch.mean(bmat * v, dim=1)
+    big_b = bmat - bmatavg[None, :] - bmatavg[:, None] + torch.mean(bmatavg * v)
+    ab = torch.mean(torch.mean(big_a * big_b * v, dim=1) * v)
+    aa = torch.mean(torch.mean(big_a * big_a * v, dim=1) * v)
+    bb = torch.mean(torch.mean(big_b * big_b * v, dim=1) * v)
+    if float(aa.detach()) <= 0 or float(bb.detach()) <= 0:
+        return (x * 0).sum() + (y * 0).sum()  # constant variable: 0, keeping the graph
+    return ab / torch.sqrt(aa * bb)
+
+
+def _tile_rows(n: int, tile_size: int | None, device: torch.device) -> int:
+    if tile_size is None:
+        elements = DEFAULT_TILE_ELEMENTS["cpu" if device.type == "cpu" else "other"]
+        return max(1, min(n, elements // n))
+    if tile_size < 1:
+        raise ValueError(f"DisCo: tile_size must be >= 1, got {tile_size}")
+    return min(int(tile_size), n)
+
+
+def _row_means(v: Tensor, p: Tensor, t: int) -> Tensor:
+    """``out_i = sum_j p_j |v_i - v_j|`` over row tiles of ``t`` events."""
+    out = torch.empty_like(v)
+    for i0 in range(0, v.numel(), t):
+        blk = slice(i0, i0 + t)
+        out[blk] = (v[blk, None] - v[None, :]).abs_() @ p
+    return out
+
+
+def _centred_tile(
+    v: Tensor, blk: slice, rm: Tensor, mean: Tensor, with_sign: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """Rows ``blk`` of the double-centred distance matrix (and of ``sign(v_i - v_j)``)."""
+    cen = v[blk, None] - v[None, :]
+    sign = cen.sign() if with_sign else None
+    cen.abs_().sub_(rm[None, :]).add_((mean - rm[blk])[:, None])
+    return cen, sign
+
+
+class _TiledDistanceCorrSq(torch.autograd.Function):
+    """``dCor^2`` in O(N T) memory with the analytic tiled gradient (see the module doc)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, p: Tensor, t: int) -> Tensor:  # type: ignore[override]
+        r = _row_means(x, p, t)
+        s = _row_means(y, p, t)
+        abar = torch.dot(p, r)
+        bbar = torch.dot(p, s)
+        acc = torch.zeros(3, dtype=torch.float64, device=x.device)
+        for i0 in range(0, x.numel(), t):
+            blk = slice(i0, i0 + t)
+            big_a, _ = _centred_tile(x, blk, r, abar)
+            big_b, _ = _centred_tile(y, blk, s, bbar)
+            pi = p[blk]
+            acc[0] += torch.dot(pi, (big_a * big_b) @ p).double()
+            acc[1] += torch.dot(pi, big_a.square_() @ p).double()
+            acc[2] += torch.dot(pi, big_b.square_() @ p).double()
+        sab, saa, sbb = (float(v) for v in acc)
+        degenerate = saa <= 0 or sbb <= 0
+        value = 0.0 if degenerate else sab / math.sqrt(saa * sbb)
+        ctx.save_for_backward(x, y, p, r, s, abar, bbar)
+        ctx.stats = (value, saa, sbb, t, degenerate)
+        return torch.tensor(value, dtype=x.dtype, device=x.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        x, y, p, r, s, abar, bbar = ctx.saved_tensors
+        value, saa, sbb, t, degenerate = ctx.stats
+        need_x, need_y = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gx = torch.zeros_like(x) if need_x else None
+        gy = torch.zeros_like(y) if need_y else None
+        if degenerate or not (need_x or need_y):
+            return gx, gy, None, None
+        c_ab = 1.0 / math.sqrt(saa * sbb)
+        c_aa = value / saa
+        c_bb = value / sbb
+        for i0 in range(0, x.numel(), t):
+            blk = slice(i0, i0 + t)
+            big_a, sx = _centred_tile(x, blk, r, abar, need_x)
+            big_b, sy = _centred_tile(y, blk, s, bbar, need_y)
+            if need_x:  # c_ab * B - c_aa * A, times sign(x_i - x_j), contracted with p_j
+                g = torch.add(big_b, big_a, alpha=-c_aa / c_ab).mul_(sx)
+                gx[blk] = (2.0 * c_ab) * p[blk] * (g @ p)
+            if need_y:
+                g = torch.add(big_a, big_b, alpha=-c_bb / c_ab).mul_(sy)
+                gy[blk] = (2.0 * c_ab) * p[blk] * (g @ p)
+        if gx is not None:
+            gx = gx * grad_out
+        if gy is not None:
+            gy = gy * grad_out
+        return gx, gy, None, None
+
+
+def distance_corr_sq_tiled(
+    x: Tensor, y: Tensor, w: Tensor | None = None, *, tile_size: int | None = None
+) -> Tensor:
+    """``dCor^2`` without N x N matrices: row tiles of ``tile_size`` events (memory O(N T)).
+
+    ``tile_size`` defaults to ``DEFAULT_TILE_ELEMENTS[device] // N`` rows.  Differentiable in
+    ``x`` and ``y`` (analytic tiled backward); ``w`` must not require grad.
+    """
+    if w is not None and w.requires_grad:
+        raise ValueError("DisCo tiled form: weights are constants; pass w.detach()")
+    x, y, p = _prepare(x, y, w)
+    t = _tile_rows(x.numel(), tile_size, x.device)
+    return _TiledDistanceCorrSq.apply(x, y, p.detach(), t)
+
+
+def distance_corr_sq(
+    x: Tensor,
+    y: Tensor,
+    w: Tensor | None = None,
+    *,
+    threshold: int = DEFAULT_THRESHOLD,
+    tile_size: int | None = None,
+) -> Tensor:
+    """Weighted ``dCor^2(x, y)`` (DisCo term); reference form for ``N <= threshold``, else tiled.
+
+    ``w`` defaults to unit weights and is normalised internally (any positive scale).
+    """
+    n = x.numel()
+    if n <= threshold:
+        return distance_corr_sq_reference(x, y, w)
+    return distance_corr_sq_tiled(x, y, w, tile_size=tile_size)
