@@ -1,0 +1,92 @@
+"""m_jj x score histograms, score edges, bin merging and storage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import require_module
+
+from vhbb import binning as bn
+from vhbb.errors import DataError
+
+
+def test_score_edges_uniform_and_quantile():
+    np.testing.assert_allclose(
+        bn.score_edges([], [], mode="uniform", count=4), [0, 0.25, 0.5, 0.75, 1]
+    )
+    rng = np.random.default_rng(0)
+    s = rng.beta(5, 2, 100_000)
+    w = rng.uniform(0.5, 1.5, len(s))
+    edges = bn.score_edges(s, w, mode="quantile", count=5)
+    assert edges[0] == 0 and edges[-1] == 1 and len(edges) == 6
+    content = np.histogram(s, edges, weights=w)[0]
+    np.testing.assert_allclose(content / content.sum(), 0.2, atol=0.003)
+    # repeated quantiles (a collapsed classifier) are dropped, never an invalid axis
+    collapsed = bn.score_edges(np.full(100, 0.3), np.ones(100), mode="quantile", count=5)
+    assert np.all(np.diff(collapsed) > 0)
+
+
+def test_histogram2d_sums_and_flow():
+    x = np.array([10.0, 60.0, 60.0, 300.0])
+    y = np.array([0.1, 0.9, 0.9, 1.0])
+    w = np.array([1.0, 2.0, -1.0, 3.0])
+    sumw, sumw2 = bn.histogram2d(x, y, w, np.array([50.0, 100.0, 250.0]), np.array([0, 0.5, 1]))
+    np.testing.assert_allclose(sumw, [[1.0, 1.0], [0.0, 3.0]])
+    np.testing.assert_allclose(sumw2, [[1.0, 5.0], [0.0, 9.0]])
+
+
+def test_merging_meets_minimums_and_documented_order():
+    rng = np.random.default_rng(1)
+    b = rng.exponential(3.0, (6, 8)) * np.linspace(2, 0.05, 8)[None, :]
+    b2 = b * 0.2
+    b[2, 5] = 0.0  # an empty bin
+    binning = bn.merge_bins(b, b2, min_background=2.0, min_mc_effective=20)
+    merged = binning.apply(b)
+    merged2 = binning.apply(b2)
+    assert np.all(merged >= 2.0) and np.all(merged > 0)
+    assert np.all(merged**2 / merged2 >= 20)
+    assert merged.sum() == pytest.approx(b.sum())
+    # numbering follows the first fine bin in C order (m_jj major, score minor)
+    first = [np.flatnonzero(binning.bin_map.ravel() == k)[0] for k in range(binning.n_bins)]
+    assert first == sorted(first)
+
+
+def test_merging_without_background_fails():
+    with pytest.raises(DataError, match="no positive expected background"):
+        bn.merge_bins(np.zeros((3, 3)), np.zeros((3, 3)), min_background=1, min_mc_effective=1)
+
+
+def _region_events(rng, n):  # type: ignore[no-untyped-def]
+    ev = {"weight": rng.normal(1, 0.5, n)}
+    for sfx in ("", "_jesUp", "_jesDown"):
+        ev["region" + sfx] = np.where(rng.uniform(size=n) < 0.6, "SR", "CR")
+        ev["m_jj" + sfx] = rng.uniform(50, 250, n)
+        ev["score" + sfx] = rng.uniform(0, 1, n)
+    return ev
+
+
+def test_storage_roundtrip_hdf5_and_root(tmp_path):
+    uproot = require_module("uproot")
+    rng = np.random.default_rng(2)
+    events = {"ZH": _region_events(rng, 500), "TT": _region_events(rng, 800)}
+    data = {k: events["TT"][k] for k in ("region", "m_jj", "score")}
+    me, se = np.array([50.0, 100, 150, 250]), np.linspace(0, 1, 5)
+    regions = {
+        r: bn.fill_region(r, events, mjj_edges=me, score_edges=se, data_events=data)
+        for r in ("SR", "CR")
+    }
+    binning = bn.merge_bins(*regions["SR"].total(["TT"]), min_background=5, min_mc_effective=5)
+    bn.write_hists(tmp_path / "h.h5", tmp_path / "h.root", regions, binning, {"model": "m"})
+    back, b2, meta = bn.read_hists(tmp_path / "h.h5")
+    assert meta == {"model": "m"} and np.array_equal(b2.bin_map, binning.bin_map)
+    for r in regions:
+        for p in events:
+            for var in bn.VARIATIONS:
+                for a, b in zip(back[r].mc[p][var], regions[r].mc[p][var], strict=True):
+                    np.testing.assert_allclose(a, b)
+        np.testing.assert_allclose(back[r].data, regions[r].data)
+    with uproot.open(tmp_path / "h.root") as fin:
+        h = fin["SR/ZH_jesUp"]
+        np.testing.assert_allclose(h.values(), regions["SR"].mc["ZH"]["jesUp"][0])
+        np.testing.assert_allclose(h.variances(), regions["SR"].mc["ZH"]["jesUp"][1])
+        np.testing.assert_allclose(fin["CR/data_obs"].values(), regions["CR"].data)

@@ -1,0 +1,131 @@
+"""The hand-written signal-strength likelihood: derivatives, profiling, fits, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vhbb import likelihood as lk
+from vhbb.signal_fit import fast_significance
+
+
+def _numeric_grad(f, x, eps=1e-6):  # type: ignore[no-untyped-def]
+    return np.array([(f(x + e) - f(x - e)) / (2 * eps) for e in np.eye(len(x)) * eps])
+
+
+@pytest.mark.parametrize("stat", [None, "profile", "parameters"])
+@pytest.mark.parametrize("alpha", [0.4, -0.4])
+def test_gradient_and_hessian_are_exact(stat, alpha):
+    model, asimov = lk.toy_model(4, 3, stat=stat)
+    observed = asimov * np.random.default_rng(1).uniform(0.7, 1.3, len(asimov))
+    lik = lk.Likelihood(model, observed)
+    x = model.init + np.random.default_rng(2).normal(0, 0.05, model.n_params)
+    x[model.histo_index] = alpha
+    _, grad = lik.value_and_grad(x)
+    np.testing.assert_allclose(grad, _numeric_grad(lik, x), rtol=1e-4, atol=1e-4)
+    hess = lik.hessian(x)
+    num = np.array([(lik.grad(x + e) - lik.grad(x - e)) / 2e-6 for e in np.eye(len(x)) * 1e-6])
+    np.testing.assert_allclose(hess, num, rtol=1e-5, atol=1e-5 * np.abs(hess).max())
+
+
+def test_nll_is_zero_at_asimov_point():
+    model, asimov = lk.toy_model(3, 3, stat="profile")
+    assert lk.Likelihood(model, asimov)(model.init) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_analytic_profiling_equals_explicit_gammas():
+    observed = None
+    results = {}
+    for stat in ("profile", "parameters"):
+        model, asimov = lk.toy_model(4, 4, stat=stat, seed=3)
+        if observed is None:
+            observed = asimov * np.random.default_rng(5).uniform(0.9, 1.1, len(asimov))
+        results[stat] = lk.fit(model, observed, minos=["mu"], tolerance=0.001)
+    a, b = results["profile"], results["parameters"]
+    assert a.value("mu") == pytest.approx(b.value("mu"), rel=1e-4)
+    assert a.error("mu") == pytest.approx(b.error("mu"), rel=1e-3)
+    for x, y in zip(a.minos["mu"], b.minos["mu"], strict=True):
+        assert x == pytest.approx(y, rel=1e-3)
+
+
+def test_asimov_fit_returns_mu_one_and_closed_form_significance():
+    model, asimov = lk.toy_model(6, 5, jes=False, lnn=False)
+    model = model.with_fixed({"sf_TT": 1.08, "sf_Zhf": 1.22, "sf_Zlf": 0.91})
+    sr = model.channel("SR")
+    best = lk.fit(model, asimov)
+    assert best.value("mu") == pytest.approx(1.0, abs=1e-4)
+    _, z = lk.discovery_significance(model, asimov, best)
+    nu = lk.expected_by_process(model, model.init)
+    s = nu[model.processes.index("ZH")]
+    # the control-region bins add no signal information with everything fixed
+    z_cf = lk.closed_form_asimov_z(s[sr.start : sr.stop], (nu.sum(0) - s)[sr.start : sr.stop])
+    z_all = lk.closed_form_asimov_z(s, nu.sum(0) - s)
+    assert z == pytest.approx(z_all, rel=1e-3)
+    assert z_cf == pytest.approx(z_all, rel=0.02)
+
+
+def test_empty_bins_are_finite():
+    nominal = {"S": np.array([1.0, 0.0, 0.5]), "B": np.array([5.0, 0.0, 3.0])}
+    model = lk.make_model(
+        {"SR": 3},
+        nominal,
+        sumw2={"S": np.array([0.1, 0.0, 0.2]), "B": np.array([1.0, 0.0, 0.5])},
+        norm_factors={"mu": lk.NormFactor(("S",), 1.0, (-20, 20))},
+        stat="profile",
+    )
+    observed = np.array([7.0, 0.0, 0.0])  # a bin with no prediction and no data, one with no data
+    value, grad = lk.Likelihood(model, observed).value_and_grad(model.init)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+    res = lk.fit(model, observed)
+    assert np.isfinite(res.value("mu"))
+
+
+def test_unconstrained_fit_fails_loudly():
+    nominal = {"S": np.zeros(3), "B": np.array([5.0, 4.0, 3.0])}
+    model = lk.make_model(
+        {"SR": 3}, nominal, norm_factors={"mu": lk.NormFactor(("S",), 1.0, (-20, 20))}
+    )
+    with pytest.raises(lk.FitError, match=r"HESSE failed|MIGRAD"):
+        lk.fit(model, lk.asimov(model))
+
+
+def test_negative_observations_rejected():
+    model, asimov = lk.toy_model(2, 2)
+    with pytest.raises(lk.FitError, match="non-negative"):
+        lk.Likelihood(model, -asimov)
+
+
+def _events(rng, n, peak):  # type: ignore[no-untyped-def]
+    return {
+        "m_jj": rng.normal(peak, 15, n).clip(50, 249),
+        "score": rng.uniform(0, 1, n),
+        "weight": np.full(n, 0.5),
+    }
+
+
+FAST_SETTINGS = {
+    "binning": {
+        "mjj_edges": [50, 90, 110, 130, 150, 250],
+        "score": {"mode": "quantile", "count": 4},
+        "merge": {"min_background": 1.0, "min_mc_effective": 5},
+    },
+    "systematics": {"mc_stat": {"enabled": True}, "jes": True, "lnN": {"lumi": {"ZH": 1.025}}},
+    "poi_bounds": [-20, 20],
+}
+
+
+def test_fast_significance_value_and_nulls():
+    rng = np.random.default_rng(0)
+    events = {"ZH": _events(rng, 2000, 125), "Zhf": _events(rng, 20000, 100)}
+    out = fast_significance(events, signal=["ZH"], settings=FAST_SETTINGS)
+    assert out["significance"] > 0 and out["reason"] is None
+    empty = fast_significance({}, signal=["ZH"], settings=FAST_SETTINGS)
+    assert empty["significance"] is None and "no signal-region MC" in empty["reason"]
+    no_bkg = fast_significance({"ZH": events["ZH"]}, signal=["ZH"], settings=FAST_SETTINGS)
+    assert no_bkg["significance"] is None and "background" in no_bkg["reason"]
+    nan = {k: dict(v) for k, v in events.items()}
+    nan["ZH"]["score"] = np.full(2000, np.nan)
+    assert fast_significance(nan, signal=["ZH"], settings=FAST_SETTINGS)["significance"] is None
+    collapsed = {k: {**v, "score": np.full(len(v["score"]), 0.5)} for k, v in events.items()}
+    res = fast_significance(collapsed, signal=["ZH"], settings=FAST_SETTINGS)
+    assert res["significance"] is None or res["significance"] < out["significance"]

@@ -1,0 +1,17 @@
+"""Export the signal-strength model of one mode as a pyhf workspace (rule workspace)."""
+
+from vhbb import signal_fit
+from vhbb.logs import run_script
+
+
+def main(smk) -> None:  # type: ignore[no-untyped-def]
+    signal_fit.run_workspace(
+        smk.input.hists,
+        smk.input.scale_factors,
+        mode=smk.wildcards.mode,
+        path=smk.output[0],
+        spec=smk.params.spec,
+    )
+
+
+run_script(snakemake, main)
