@@ -1,0 +1,20 @@
+"""Transform the negative MC weights of one region (rule transform_weights)."""
+
+from vhbb import weights
+from vhbb.logs import run_script
+
+
+def main(smk) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    torch.set_num_threads(max(1, int(smk.threads)))
+    weights.run_weights(
+        smk.input[0],
+        h5_path=smk.output.h5,
+        validation_path=smk.output.validation,
+        plots_dir=smk.output.plots,
+        spec=smk.params.spec,
+    )
+
+
+run_script(snakemake, main)
