@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the test suite uses (graphviz for the rule-graph picture).
+# Debian packages the test suite uses (graphviz for the rule-graph picture; slurm-wlm and munge
+# for the one-node Slurm cluster of tests/test_slurm.py; xrootd-server for tests/test_xrootd.py).
 # Idempotent: a machine that has them skips the install.
 set -euo pipefail
 need=()
-for pkg in graphviz; do
+for pkg in graphviz slurm-wlm munge xrootd-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
