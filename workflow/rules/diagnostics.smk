@@ -1,0 +1,85 @@
+# Statistics II: fit diagnostics on pseudo-experiments, binning scan, CMS Combine export
+# (vhbb.diagnostics, vhbb.binning_scan, vhbb.combine).
+
+
+rule diagnostics:
+    """Impacts, correlations, goodness of fit, injection, closure and VZ check of one fit."""
+    input:
+        hists="results/hists/{model}/hists.h5",
+        scale_factors="results/fits/scale_factors.json",
+    output:
+        json="results/fits/{model}/{mode}/diagnostics.json",
+        plots=report(
+            directory("results/fits/{model}/{mode}/diagnostics"),
+            patterns=["{name}.png"],
+            caption="../report/diagnostics.rst",
+            category="Fit diagnostics",
+            subcategory="{model}: {mode}",
+        ),
+    log:
+        "logs/fits/{model}/{mode}_diagnostics.log",
+    wildcard_constraints:
+        mode="fixed|constrained|simultaneous",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        spec=lambda wc: P.diagnostics(config, wc.model, wc.mode),
+    script:
+        "../scripts/diagnostics.py"
+
+
+rule combine:
+    """CMS Combine datacard and shapes ROOT file of one fit mode."""
+    input:
+        hists="results/hists/{model}/hists.h5",
+        scale_factors="results/fits/scale_factors.json",
+    output:
+        card="results/fits/{model}/{mode}/combine/datacard.txt",
+        shapes="results/fits/{model}/{mode}/combine/shapes.root",
+        summary="results/fits/{model}/{mode}/combine/summary.json",
+    log:
+        "logs/fits/{model}/{mode}_combine.log",
+    wildcard_constraints:
+        mode="fixed|constrained|simultaneous",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        spec=lambda wc: P.signal_fit(config, wc.model, wc.mode),
+    script:
+        "../scripts/combine.py"
+
+
+rule binning_scan:
+    """Expected sigma_mu and significance versus n x n signal-region bins."""
+    input:
+        unpack(hists_inputs),
+        scale_factors="results/fits/scale_factors.json",
+    output:
+        json="results/fits/{model}/binning_scan.json",
+        plot=report(
+            "results/fits/{model}/binning_scan.png",
+            caption="../report/binning_scan.rst",
+            category="Fit diagnostics",
+            subcategory="{model}: binning scan",
+        ),
+    log:
+        "logs/fits/{model}/binning_scan.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        samples=SAMPLES,
+        spec=lambda wc: P.binning_scan(config, wc.model),
+    script:
+        "../scripts/binning_scan.py"
