@@ -16,6 +16,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/toy.smk"
 include: "workflow/rules/cache.smk"
 include: "workflow/rules/export.smk"
+include: "workflow/rules/weights.smk"
+include: "workflow/rules/fit.smk"
+include: "workflow/rules/diagnostics.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -37,3 +42,28 @@ rule cache:
 rule export:
     input:
         export_outputs(),
+
+
+rule weights:
+    input:
+        weights_outputs(),
+
+
+rule fit:
+    input:
+        rules.scale_factors.output,
+
+
+rule train:
+    input:
+        model_outputs(),
+
+
+rule scores:
+    input:
+        score_outputs(),
+
+
+rule evaluate:
+    input:
+        evaluation_outputs(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import subprocess
 import sys
 import tempfile
@@ -83,7 +82,12 @@ def run(quick: bool = False) -> dict:
                 n_cached += st["n_read"]
         cs = params.cache_sample(cfg, sample)
         frames[sample], stats[sample] = cache.merge_sample(
-            parts, pstats, sample=sample, is_mc=cs["is_mc"], xsec_pb=cs["xsec_pb"], lumi_fb=cs["lumi"] or 0
+            parts,
+            pstats,
+            sample=sample,
+            is_mc=cs["is_mc"],
+            xsec_pb=cs["xsec_pb"],
+            lumi_fb=cs["lumi"] or 0,
         )
     t_cache_total = time.perf_counter() - t0
     # time attributable to MC caching only (the bare read covered MC files)
@@ -99,9 +103,15 @@ def run(quick: bool = False) -> dict:
     n_export = 0
     for region in cfg["export"]["regions"]:
         table = export.region_table(
-            frames, region=region, samples=spec["samples"], processes=spec["processes"],
-            features=spec["features"], export_cfg=spec["export"], blinded=spec["blinded"], seed=spec["seed"],
-        )  # fmt: skip
+            frames,
+            region=region,
+            samples=spec["samples"],
+            processes=spec["processes"],
+            features=spec["features"],
+            export_cfg=spec["export"],
+            blinded=spec["blinded"],
+            seed=spec["seed"],
+        )
         export.write_h5(tmp / f"{region}.h5", table, {"region": region})
         n_export += len(table["label"])
     t_export = time.perf_counter() - t0

@@ -18,12 +18,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = {
     "io": "bench_io",  # toy generation, caching vs bare uproot, export, peak memory
+    "train": "bench_train",  # engine events/s (none, disco, adversarial) vs a DataLoader loop
+    "weights": "bench_weights",  # weight-network training rate; formulation comparison (toy)
+    "fit": "bench_fit",  # signal-strength fit (analytic gradients) vs pyhf, same model/tolerance
+    "evaluation": "bench_evaluation",  # evaluation time per model for 1 M events
+    "toys": "bench_toys",  # diagnostics toys (generate + fit) per second, 1 and 2 workers
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default all: {', '.join(BENCHMARKS)})")
+    parser.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (default all: {', '.join(BENCHMARKS)})"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -19,7 +19,8 @@ def test_conda_env_matches_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     # snakemake runs the rules; it is not needed inside the rules' environment
     runtime = {_name(r) for r in project["dependencies"]} - {"snakemake"}
-    runtime |= {_name(r) for r in project["optional-dependencies"]["analysis"]}
+    for extra in ("analysis", "remote"):
+        runtime |= {_name(r) for r in project["optional-dependencies"][extra]}
     env = yaml.safe_load((REPO / "envs" / "vhbb.yaml").read_text())
     conda = {_name(d) for d in env["dependencies"] if isinstance(d, str)}
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from .config import REPO_ROOT, SCHEMA_PATH, load_schema
@@ -33,7 +32,10 @@ def _rows(node: dict[str, Any], prefix: str, defs: dict[str, Any]) -> list[str]:
     for name, sub in node.get("properties", {}).items():
         key = f"{prefix}.{name}" if prefix else name
         if "$ref" in sub:
-            sub = {**defs[sub["$ref"].rsplit("/", 1)[-1]], **{k: v for k, v in sub.items() if k != "$ref"}}
+            sub = {
+                **defs[sub["$ref"].rsplit("/", 1)[-1]],
+                **{k: v for k, v in sub.items() if k != "$ref"},
+            }
         default = json.dumps(sub["default"]) if "default" in sub else ""
         desc = " ".join(str(sub.get("description", "")).split())
         rows.append(f"| `{key}` | {_type(sub)} | {default and f'`{default}`'} | {desc} |")

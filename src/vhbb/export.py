@@ -47,6 +47,19 @@ log = logging.getLogger(__name__)
 VARIATIONS = ("jesUp", "jesDown")
 
 
+def cr_fit_half(
+    sample: str,
+    run: np.ndarray,
+    lumi: np.ndarray,
+    event: np.ndarray,
+    fraction: float,
+    seed: int,
+) -> np.ndarray:
+    """True for data events reserved for fits (``cr_split == 1``): a key hash below ``fraction``."""
+    u_cr = keymod.unit_uniform(sample, run, lumi, event, keymod.SALT_CR_SPLIT + seed)
+    return u_cr < fraction
+
+
 def region_table(
     frames: Mapping[str, pd.DataFrame],
     *,
@@ -103,8 +116,8 @@ def region_table(
         u_val = keymod.unit_uniform(name, run, lumi, event, keymod.SALT_VALIDATION + seed)
         piece["validation"] = u_val < export_cfg["validation_fraction"]
         if is_data:
-            u_cr = keymod.unit_uniform(name, run, lumi, event, keymod.SALT_CR_SPLIT + seed)
-            piece["cr_split"] = (u_cr < export_cfg["cr_data_fit_fraction"]).astype(np.int8)
+            fit_half = cr_fit_half(name, run, lumi, event, export_cfg["cr_data_fit_fraction"], seed)
+            piece["cr_split"] = fit_half.astype(np.int8)
         else:
             piece["cr_split"] = np.full(n, -1, np.int8)
         pieces.append(piece)

@@ -176,7 +176,7 @@ def build_and_train(
     m_mean, m_std = float(np.mean(data["m_jj"])), float(np.std(data["m_jj"]) or 1.0)
     pt_mean, pt_std = float(np.mean(data["pt_jj"])), float(np.std(data["pt_jj"]) or 1.0)
 
-    def tensors(mask: np.ndarray) -> dict[str, Any]:
+    def tensors(mask: np.ndarray, with_var: bool) -> dict[str, Any]:
         lw = class_balanced(data["loss_weight"][mask], data["label"][mask])
         dw = data["decorr_weight"][mask]
         out = {
@@ -193,7 +193,7 @@ def build_and_train(
                 (data["pt_jj"][mask] - pt_mean) / pt_std, dtype=torch.float32, device=dev
             ),
         }
-        if "x_jesUp" in data:
+        if with_var and "x_jesUp" in data:
             rng = np.random.default_rng(seed + 17)
             up = rng.random(mask.sum()) < 0.5
             x_var = np.where(up[:, None], data["x_jesUp"][mask], data["x_jesDown"][mask])
@@ -206,8 +206,11 @@ def build_and_train(
             out["pw"] = torch.as_tensor(pos / pos.mean(), dtype=torch.float32, device=dev)
         return out
 
-    datasets: dict[str, dict[str, Any]] = {"train": tensors(train_mask)}
-    val = tensors(val_mask) if val_mask.any() else datasets["train"]
+    # JES-varied inputs travel with the training batches only where an objective reads them
+    datasets: dict[str, dict[str, Any]] = {
+        "train": tensors(train_mask, with_var=method == "systematic_adversary")
+    }
+    val = tensors(val_mask if val_mask.any() else train_mask, with_var=True)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     networks: dict[str, Any] = {"clf": clf}
     optimizers: dict[str, Any] = {}
