@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from vhbb import cache, config, engine, export, toy, train
+from vhbb import config, engine, train
 from vhbb.errors import VhbbError
 
 torch = pytest.importorskip("torch")
@@ -19,52 +19,8 @@ ROLES = {p: v["role"] for p, v in CFG["samples"]["processes"].items()}
 
 
 @pytest.fixture(scope="module")
-def sr_data():
-    """A small signal-region export built in memory from the toy (no files, no workflow)."""
-    layout = CFG["samples"]["layouts"]["flat"]
-    sizes = {
-        "ZH": 30_000,
-        "VZ": 15_000,
-        "Zhf": 60_000,
-        "TT": 60_000,
-        "Zlf": 20_000,
-        "others": 10_000,
-    }
-    frames = {}
-    for name, n in sizes.items():
-        ev = toy.generate_mc_file(name, n, toy.derive_seed(77, name, 0), 0)
-        stats = {"n_read": 0, "sum_gen_weight": 0.0, "n_pair": 0, "n_nan_dropped": 0}
-        frame = cache._process_chunk(
-            ev, "flat", layout, True, "genWeight", CFG["regions"]["preselection"],
-            CFG["regions"]["definitions"], stats, "drop", name,
-        )  # fmt: skip
-        xsec = CFG["samples"]["list"][name]["xsec_pb"]
-        frame["weight"] = frame["gen_weight"] * xsec * 1e3 * CFG["lumi"] / stats["sum_gen_weight"]
-        frames[name] = frame
-    samples = {n: {"process": n} for n in frames}
-    processes = {n: {"role": ROLES[n]} for n in frames}
-    table = export.region_table(
-        frames, region="SR_medhigh_Znn", samples=samples, processes=processes,
-        features=CFG["features"]["training"], export_cfg=CFG["export"], blinded=True, seed=1,
-    )  # fmt: skip
-    mean, std = export.standardisation(table)
-    names = list(processes)
-    nonres = np.isin(table["process"], [names.index(p) for p in names if ROLES[p] == "nonresonant"])
-    w = table["weight"]
-    data = {
-        "x": table["features/nominal"],
-        "x_jesUp": table["features/jesUp"],
-        "x_jesDown": table["features/jesDown"],
-        "label": table["label"].astype(np.int64),
-        "loss_weight": w,
-        "decorr_weight": np.where(nonres, np.abs(w), 0.0),
-        "decorr_weight_all": np.abs(w),
-        "m_jj": table["m_jj"].astype(np.float64),
-        "pt_jj": table["pt_jj"].astype(np.float64),
-        "fold": table["fold"],
-        "validation": table["validation"],
-    }
-    return data, list(CFG["features"]["training"]), mean, std
+def sr_data(toy_sr_export):
+    return toy_sr_export
 
 
 def _spec(method: str, **over):  # type: ignore[no-untyped-def]

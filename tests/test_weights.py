@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import NANOAOD_FILE, REPO, run_snakemake
+from conftest import NANOAOD_FILE, REPO
 
 from vhbb import weights as W
 from vhbb.errors import ConfigError, DataError
@@ -241,10 +241,9 @@ def test_real_nanoaod_ttbar_weights(tmp_path):
 
 # ---------------------------------------------------------------- the workflow stage
 @pytest.fixture(scope="module")
-def weights_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("weights")
-    run_snakemake(workdir, "--cores", "2", "weights")
-    return workdir
+def weights_run(e2e_run):
+    """The stage's outputs from the session's end-to-end run (`snakemake all` on test.yaml)."""
+    return e2e_run
 
 
 def test_stage_outputs_aligned_with_export(weights_run):
