@@ -52,6 +52,7 @@ rule weights:
 rule fit:
     input:
         rules.scale_factors.output,
+        fit_outputs(),
 
 
 rule train:

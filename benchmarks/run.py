@@ -23,6 +23,7 @@ BENCHMARKS = {
     "fit": "bench_fit",  # signal-strength fit (analytic gradients) vs pyhf, same model/tolerance
     "evaluation": "bench_evaluation",  # evaluation time per model for 1 M events
     "toys": "bench_toys",  # diagnostics toys (generate + fit) per second, 1 and 2 workers
+    "dag": "bench_dag",  # dry-run DAG of a 500-point scan (1000 trainings) vs trivial jobs
 }
 
 

@@ -187,7 +187,9 @@ def scan_points(config: Mapping[str, Any], scan: str) -> list[ScanPoint]:
         paths = list(rnd["parameters"])
         for p in paths:
             check_path(p, scan, schema)
-        rng = np.random.default_rng(int(config.get("seed", 0)) + int(rnd.get("seed", 0)))
+        # the points depend on the scan's own seed only (not the global seed), so that the
+        # point names are a function of the scan section alone (find_point relies on it)
+        rng = np.random.default_rng(int(rnd.get("seed", 0)))
         seen: set[str] = set()
         for _ in range(int(rnd["n"])):
             point = {p: _draw(rnd["parameters"][p], rng) for p in paths}
@@ -250,7 +252,15 @@ def find_point(
     """The scan point called ``name`` (None if it is none)."""
     if not scans:
         return None
-    return expand({"scans": scans, "models": models_cfg}).get(name)
+    # memoised: this runs for every job of every point (quadratic in the points otherwise)
+    key = json.dumps([scans, sorted(models_cfg.get("list", {}))], sort_keys=True, default=str)
+    return _expand_cached(key).get(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _expand_cached(key: str) -> dict[str, ScanPoint]:
+    scans, names = json.loads(key)
+    return expand({"scans": scans, "models": {"list": {n: {} for n in names}}})
 
 
 def points_of(config: Mapping[str, Any], scan: str) -> list[str]:
