@@ -235,6 +235,18 @@ def train(
                     entry.update(validate())
             entry["seconds"] = time.perf_counter() - t0
             history.epochs.append(entry)
+            log.info(
+                "epoch %d/%d [%s] %s (%.1f s)",
+                epoch,
+                total_epochs,
+                phase.name,
+                " ".join(
+                    f"{k}={v:.4g}"
+                    for k, v in entry.items()
+                    if isinstance(v, float) and k != "seconds"
+                ),
+                entry["seconds"],
+            )
             bar.update(1)
             if ckpt is not None and (epoch % checkpoint_every == 0):
                 state = {

@@ -207,6 +207,16 @@ def build_and_train(
         return out
 
     # JES-varied inputs travel with the training batches only where an objective reads them
+    log.info(
+        "%s fold %d: %d training / %d validation events (%d features used of %d), device %s",
+        method,
+        fold,
+        int(train_mask.sum()),
+        int(val_mask.sum()),
+        len(used),
+        len(feature_names),
+        dev,
+    )
     datasets: dict[str, dict[str, Any]] = {
         "train": tensors(train_mask, with_var=method == "systematic_adversary")
     }
@@ -509,6 +519,8 @@ def export_onnx(clf: Any, path: str | Path, feature_names: Sequence[str]) -> Non
 
     model = Probability(clf).eval()
     example = torch.zeros(4, len(feature_names))
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     with atomic_path(path) as tmp:
         torch.onnx.export(
             model,
