@@ -179,7 +179,7 @@ def _passes(b: float, b2: float, min_background: float, min_eff: float) -> bool:
     return b >= min_background and n_eff >= min_eff
 
 
-def _greedy(
+def greedy_groups(
     sums: np.ndarray, sums2: np.ndarray, order: Sequence[int], min_b: float, min_eff: float
 ) -> list[list[int]]:
     """Group consecutive items of ``order`` so that every group passes; remainder joins the last."""
@@ -217,11 +217,13 @@ def merge_bins(
     nx, ny = bkg.shape
     if not _passes(float(bkg.sum()), float(bkg2.sum()), 0.0, 0.0):
         raise DataError("signal region has no positive expected background: nothing to fit")
-    rows = _greedy(bkg.sum(axis=1), bkg2.sum(axis=1), range(nx), min_background, min_mc_effective)
+    rows = greedy_groups(
+        bkg.sum(axis=1), bkg2.sum(axis=1), range(nx), min_background, min_mc_effective
+    )
     fine_map = np.full((nx, ny), -1, dtype=np.int64)
     label = 0
     for group in rows:
-        cols = _greedy(
+        cols = greedy_groups(
             bkg[group].sum(axis=0),
             bkg2[group].sum(axis=0),
             list(range(ny - 1, -1, -1)),

@@ -154,24 +154,20 @@ def separation(y: np.ndarray, score: np.ndarray, weight: np.ndarray) -> dict[str
 def merge_significance_bins(
     s: np.ndarray, b: np.ndarray, b2: np.ndarray, min_mc_effective: float
 ) -> list[list[int]]:
-    """Group score bins from the highest down until ``b > 0`` and ``n_eff(b) >= minimum``.
+    """Group score bins from the highest down until ``b > 0`` and ``n_eff(b) >= minimum``
+    (the fit's merging rule, :func:`vhbb.binning.greedy_groups`, with no yield minimum).
 
     A failing remainder (lowest scores) joins its neighbour group.
     """
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    for i in range(len(b) - 1, -1, -1):
-        cur.append(i)
-        bb, bb2 = float(b[cur].sum()), float(b2[cur].sum())
-        if bb > 0 and (bb * bb / bb2 if bb2 > 0 else math.inf) >= min_mc_effective:
-            groups.append(cur)
-            cur = []
-    if cur:
-        if groups:
-            groups[-1].extend(cur)
-        else:
-            groups.append(cur)
-    return groups
+    from .binning import greedy_groups
+
+    return greedy_groups(
+        np.asarray(b, float),
+        np.asarray(b2, float),
+        range(len(b) - 1, -1, -1),
+        0.0,
+        min_mc_effective,
+    )
 
 
 def binned_significance(

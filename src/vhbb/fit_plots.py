@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .plotting import _cms_label, _pyplot, _save, axis_label
+from .plotting import _cms_label, _pyplot, _save, axis_label, draw_mc_stack
 
 
 def hist2d(
@@ -53,37 +53,14 @@ def stacked(
     lumi: float | None = None,
 ) -> None:
     """Stacked MC with data points and a ratio panel; data in the ``hidden`` window not shown."""
-    import mplhep
 
     plt = _pyplot()
     fig, (ax, rax) = plt.subplots(
         2, 1, figsize=(10, 9), gridspec_kw={"height_ratios": [3, 1], "hspace": 0.06}, sharex=True
     )
     edges = np.asarray(edges, dtype=np.float64)
-    order = sorted((p for p in mc if np.any(mc[p] != 0)), key=lambda p: float(np.sum(mc[p])))
-    total = np.sum([mc[p] for p in mc], axis=0) if mc else np.zeros(len(edges) - 1)
     err = np.sqrt(np.clip(mc_sumw2, 0, None))
-    if order:
-        mplhep.histplot(
-            [np.clip(mc[p], 0, None) for p in order],
-            edges,
-            stack=True,
-            histtype="fill",
-            label=[styles.get(p, {}).get("label") or p for p in order],
-            color=[styles.get(p, {}).get("color") or f"C{i}" for i, p in enumerate(order)],
-            ax=ax,
-        )
-    ax.stairs(
-        total + err,
-        edges,
-        baseline=total - err,
-        fill=True,
-        hatch="////",
-        facecolor="none",
-        edgecolor="0.3",
-        linewidth=0,
-        label="MC stat. unc.",
-    )
+    total = draw_mc_stack(ax, edges, mc, err, styles)
     centres = 0.5 * (edges[1:] + edges[:-1])
     shown = np.ones(len(centres), dtype=bool)
     if hidden is not None:

@@ -44,6 +44,43 @@ def axis_label(name: str) -> str:
     return AXIS_LABELS.get(name, name)
 
 
+def draw_mc_stack(
+    ax: Any,
+    edges: np.ndarray,
+    mc: Mapping[str, np.ndarray],
+    mc_err: np.ndarray,
+    styles: Mapping[str, Mapping[str, Any]],
+) -> np.ndarray:
+    """Stack the MC processes (smallest at the bottom; negative bins drawn at 0) with a hatched
+    MC-statistics band; return the total MC per bin.  Shared by every stacked data/MC plot."""
+    import mplhep
+
+    order = sorted((p for p in mc if np.any(mc[p] != 0)), key=lambda p: float(np.sum(mc[p])))
+    total = np.sum([mc[p] for p in mc], axis=0) if mc else np.zeros(len(edges) - 1)
+    if order:
+        mplhep.histplot(
+            [np.clip(mc[p], 0, None) for p in order],
+            edges,
+            stack=True,
+            histtype="fill",
+            label=[styles.get(p, {}).get("label") or p for p in order],
+            color=[styles.get(p, {}).get("color") or f"C{i}" for i, p in enumerate(order)],
+            ax=ax,
+        )
+    ax.stairs(
+        total + mc_err,
+        edges,
+        baseline=total - mc_err,
+        fill=True,
+        hatch="////",
+        facecolor="none",
+        edgecolor="0.3",
+        linewidth=0,
+        label="MC stat. unc.",
+    )
+    return total
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -113,7 +150,6 @@ def data_mc(
 
     Several panels are drawn side by side (e.g. pre-fit | post-fit).
     """
-    import mplhep
 
     plt = _pyplot()
     n = len(panels)
@@ -131,31 +167,8 @@ def data_mc(
         h = panel.hist
         ax, rax = axes[0, col], axes[1, col]
         edges = h.edges if h.edges is not None else np.array([0.0, 1.0])
-        order = sorted(h.mc, key=lambda p: float(np.sum(h.mc[p])))
-        order = [p for p in order if np.any(h.mc[p] != 0)]
-        total = np.sum([h.mc[p] for p in h.mc], axis=0) if h.mc else np.zeros(len(h.data))
         mc_err = np.sqrt(np.sum([h.mc_sumw2[p] for p in h.mc_sumw2], axis=0))
-        if order:
-            mplhep.histplot(
-                [np.clip(h.mc[p], 0, None) for p in order],
-                edges,
-                stack=True,
-                histtype="fill",
-                label=[styles.get(p, {}).get("label") or p for p in order],
-                color=[styles.get(p, {}).get("color") or f"C{i}" for i, p in enumerate(order)],
-                ax=ax,
-            )
-        ax.stairs(
-            total + mc_err,
-            edges,
-            baseline=total - mc_err,
-            fill=True,
-            hatch="////",
-            facecolor="none",
-            edgecolor="0.3",
-            linewidth=0,
-            label="MC stat. unc.",
-        )
+        total = draw_mc_stack(ax, edges, h.mc, mc_err, styles)
         centres = 0.5 * (edges[1:] + edges[:-1])
         data_err = np.sqrt(h.data)
         ax.errorbar(
