@@ -65,6 +65,8 @@ def test_kill_and_resume_equals_uninterrupted(e2e_run, tmp_path):
         pytest.fail("training finished before a checkpoint could be interrupted; make it slower")
     assert not (work / TARGET).exists()
     assert ckpt.exists(), "the checkpoint must survive the kill"
+    # a SIGKILL leaves Snakemake's lock behind: unlock, then rerun the incomplete job
+    run_snakemake(work, "--unlock", TARGET, overlays=[overlay])
     run_snakemake(work, "--cores", "2", "--rerun-incomplete", TARGET, overlays=[overlay])
     log = (work / "logs" / "train" / "nn_mass" / "fold0.log").read_text()
     assert "resumed from" in log
