@@ -21,6 +21,7 @@ include: "workflow/rules/fit.smk"
 include: "workflow/rules/diagnostics.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/summary.smk"
 
 
 rule all:

@@ -1,6 +1,6 @@
 """Evaluation time per model for 1 M signal-region events (synthetic, default settings).
 
-Times the pieces of :func:`vhbb.evaluation.evaluate_variant` on one event set: the figures
+Times the pieces of :func:`vhbb.evaluation.evaluate.evaluate_variant` on one event set: the figures
 once (separation, binned significance, sculpting, JSD, CvM, Pearson, VZ peak), the Poisson
 bootstrap (``evaluation.bootstrap`` replicas of the same), dCor^2 (O(N^2): the capped
 subsample of ``evaluation.dcor.max_events`` plus its replicas) and the fast 2D fit.  The
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -44,12 +45,12 @@ def synthetic_events(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 def run(quick: bool = False) -> dict:
     import torch
 
-    from vhbb import evaluation as ev
-    from vhbb.config import REPO_ROOT, load_config
-    from vhbb.signal_fit import fast_significance
+    from vhbb.config import load_config
+    from vhbb.evaluation import evaluate as ev
+    from vhbb.fit.fast_fit import fast_significance
 
     torch.set_num_threads(2)
-    config = load_config([REPO_ROOT / "config" / "config.yaml"])
+    config = load_config([Path(__file__).resolve().parents[1] / "config" / "config.yaml"])
     settings = {k: v for k, v in config["evaluation"].items() if k != "models"}
     n = 100_000 if quick else 1_000_000
     replicas = 3 if quick else int(settings["bootstrap"])

@@ -1,12 +1,12 @@
 """Signal-strength fit: the hand-written likelihood (analytic gradient and Hessian) vs pyhf.
 
-Both fit the same model (``vhbb.likelihood.toy_model``: an n x n m_jj x score signal region and
-three one-bin control regions with free scale factors, lnN and JES) exported with
-``vhbb.workspace.to_workspace``: one ML fit + HESSE from the same initial values, the same Minuit
-tolerance (0.1, pyhf's default), in one process.  Goals: >= 10x faster than pyhf (numpy backend)
-without MC-statistics terms, >= 1000x with per-bin MC-stat terms (pyhf: one staterror parameter
-per bin; here analytically profiled, which gives the same numbers).  The fitted mu and HESSE
-error of both are reported so that "same numbers" is checked, not assumed.
+Both fit the same model (``vhbb.stats.likelihood.toy_model``: an n x n m_jj x score signal region
+and three one-bin control regions with free scale factors, lnN and JES) exported with
+``vhbb.fit.workspace.to_workspace``: one ML fit + HESSE from the same initial values, the same
+Minuit tolerance (0.1, pyhf's default), in one process.  Goals: >= 10x faster than pyhf (numpy
+backend) without MC-statistics terms, >= 1000x with per-bin MC-stat terms (pyhf: one staterror
+parameter per bin; here analytically profiled, which gives the same numbers).  The fitted mu and
+HESSE error of both are reported so that "same numbers" is checked, not assumed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ TOLERANCE = 0.1
 
 
 def _ours(n: int, stat: str | None, repeat: int) -> dict:
-    from vhbb import likelihood as lk
+    from vhbb.stats import likelihood as lk
 
     model, asimov = lk.toy_model(n, n, stat=stat)
     lk.fit(model, asimov, tolerance=TOLERANCE)  # warm-up (imports, caches)
@@ -37,8 +37,8 @@ def _ours(n: int, stat: str | None, repeat: int) -> dict:
 def _pyhf(n: int, stat: str | None) -> dict:
     import pyhf
 
-    from vhbb import likelihood as lk
-    from vhbb.workspace import to_workspace
+    from vhbb.fit.workspace import to_workspace
+    from vhbb.stats import likelihood as lk
 
     model, asimov = lk.toy_model(n, n, stat=stat)
     pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(tolerance=TOLERANCE))

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 MEMORY_PROBE = r"""
 import json, resource, sys
-from vhbb import cache
+from vhbb.data import cache
 spec = json.loads(sys.argv[2])
 cache.cache_file(sys.argv[1], **spec)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -39,7 +39,9 @@ def _peak_mb(path: str, spec: dict) -> float:
 def run(quick: bool = False) -> dict:
     import uproot
 
-    from vhbb import cache, config, export, params, toy
+    from vhbb import config
+    from vhbb.config import params
+    from vhbb.data import cache, export, toy
 
     cfg = config.load_config([REPO / "config" / "config.yaml"])
     if quick:

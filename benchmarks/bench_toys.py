@@ -1,7 +1,7 @@
 """Toy throughput of the diagnostics: generate + fit (MIGRAD + HESSE) Poisson pseudo-experiments.
 
-The model is ``vhbb.likelihood.toy_model`` at the default binning's size (11 m_jj x 15 score bins
-before merging, ~100 after: here 10 x 10 unmerged, three control regions, free scale factors,
+The model is ``vhbb.stats.likelihood.toy_model`` at the default binning's size (11 m_jj x 15 score
+bins before merging, ~100 after: here 10 x 10 unmerged, three control regions, free scale factors,
 lnN, JES and per-bin MC statistics, profiled analytically).  Reports toys per second on 1 and 2
 workers and the projected time of 1000 toys (the ``config/full.yaml`` closure test).
 """
@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def run(quick: bool = False) -> dict:
-    from vhbb import diagnostics as dg
-    from vhbb import likelihood as lk
+    from vhbb.fit import diagnostics as dg
+    from vhbb.stats import likelihood as lk
 
     model, _ = lk.toy_model(10, 10, stat="profile")
     x = dg.truth_point(model, {"mu": 1.0})

@@ -67,7 +67,7 @@ def _spec(method: str, batch: int, epochs: int) -> dict[str, Any]:
 
 
 def _engine_rate(method: str, data: dict, batch: int, device: str, epochs: int) -> float:
-    from vhbb import train
+    from vhbb.ml import train
 
     n = len(data["x"])
     spec = _spec(method, batch, epochs)
@@ -85,7 +85,7 @@ def _dataloader_rate(data: dict, batch: int, device: str, epochs: int) -> float:
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
-    from vhbb.networks import Classifier
+    from vhbb.ml.networks import Classifier
 
     dev = torch.device(device)
     nf = data["x"].shape[1]

@@ -1,9 +1,9 @@
 """Negative-weight transformation: training rate of the weight network and the formulation choice.
 
 ``rate``: events per second of the weight-network training on the CPU (one fold of
-:func:`vhbb.weights.local_mean_weights`, the default 5x128 network, event-passes over training
+:func:`vhbb.ml.weights.local_mean_weights`, the default 5x128 network, event-passes over training
 time; also on CUDA when present).  ``comparison``: both formulations (classification with
-isotonic calibration, MSE regression) on the known-answer toy of :func:`vhbb.weights.toy_events`
+isotonic calibration, MSE regression) on the known-answer toy of :func:`vhbb.ml.weights.toy_events`
 with identical settings: paired-test p-values and maximum ratio deviations per variable (m_jj,
 pt_jj, z in x; m_smeared outside x), the RMS and maximum deviation from the analytic ``E[w|x]``
 (in units of the mean weight), and the power check (a +-5% linear tilt in m_jj of the
@@ -23,7 +23,7 @@ VARIABLES = ("m_jj", "pt_jj", "z")
 
 
 def _rate(n: int, epochs: int, device: str) -> dict:
-    from vhbb import weights as W
+    from vhbb.ml import weights as W
 
     toy = W.toy_events(n, seed=3)
     settings = W.settings_with_defaults({"epochs": epochs})
@@ -49,7 +49,7 @@ def _rate(n: int, epochs: int, device: str) -> dict:
 
 def compare(n: int, epochs: int, device: str = "cpu", seed: int = 5) -> dict:
     """Both formulations on the same toy events; validation numbers and the power check."""
-    from vhbb import weights as W
+    from vhbb.ml import weights as W
 
     toy = W.toy_events(n, seed=seed)
     w, x = toy["w"], toy["x"]

@@ -67,6 +67,55 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     return proc
 
 
+class ClusterRun:
+    """Set-up shared by the Slurm and HTCondor profile tests (fixture ``cluster_run``).
+
+    ``workdir`` is an empty working directory; :meth:`profile` writes a copy of
+    ``profiles/<site>/config.yaml`` without the GPU requests (the test clusters have none) and
+    with test settings; :meth:`test_workflow` is the command line of the tiny
+    ``tests/cluster/Snakefile`` (retry and failure cases) under that profile.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.workdir = tmp_path / "run"
+        self.workdir.mkdir()
+
+    def profile(self, site: str, gpu_keys: tuple[str, ...], **extra: Any) -> Path:
+        import yaml
+
+        profile = yaml.safe_load((REPO / "profiles" / site / "config.yaml").read_text())
+        profile["set-resources"] = {
+            rule: res
+            for rule, res in (profile.get("set-resources") or {}).items()
+            if not set(res) & set(gpu_keys)
+        }
+        if "default-resources" in profile:
+            profile["default-resources"] = [
+                r for r in profile["default-resources"] if r.split("=")[0] not in gpu_keys
+            ]
+        profile.update(extra)
+        dest = self.tmp_path / "profile"
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+        return dest
+
+    def test_workflow(self, profile: Path, target: str, retries: int = 1) -> list[str]:
+        return [
+            sys.executable, "-m", "snakemake",
+            "--snakefile", str(REPO / "tests" / "cluster" / "Snakefile"),
+            "--directory", str(self.workdir),
+            "--workflow-profile", str(profile),
+            "--retries", str(retries),
+            target,
+        ]  # fmt: skip
+
+
+@pytest.fixture()
+def cluster_run(tmp_path: Path) -> ClusterRun:
+    return ClusterRun(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def e2e_run(tmp_path_factory) -> Path:
     """Run the workflow once on the test overlay; many tests inspect the same outputs."""
@@ -88,12 +137,13 @@ def toy_sr_export():
     """A signal-region training set built in memory from the toy generator (no files).
 
     Returns ``(data, feature_names, mean, std)`` with ``data`` as
-    :func:`vhbb.train.load_training_data` returns it, plus ``process``, ``weight`` and
+    :func:`vhbb.ml.train.load_training_data` returns it, plus ``process``, ``weight`` and
     ``role`` arrays for metrics.  About 22 k events; ~5 s.
     """
     import numpy as np
 
-    from vhbb import cache, config, export, toy
+    from vhbb import config
+    from vhbb.data import cache, export, toy
 
     cfg = config.load_config([REPO / "config" / "config.yaml"])
     roles = {p: v["role"] for p, v in cfg["samples"]["processes"].items()}

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import require_module
 
-from vhbb import binning as bn
-from vhbb.errors import DataError
+from vhbb.core.errors import DataError
+from vhbb.fit import templates as bn
 
 
 def test_score_edges_uniform_and_quantile():
@@ -90,3 +90,40 @@ def test_storage_roundtrip_hdf5_and_root(tmp_path):
         np.testing.assert_allclose(h.values(), regions["SR"].mc["ZH"]["jesUp"][0])
         np.testing.assert_allclose(h.variances(), regions["SR"].mc["ZH"]["jesUp"][1])
         np.testing.assert_allclose(fin["CR/data_obs"].values(), regions["CR"].data)
+
+
+def test_hists_plot_data_and_blinded_projections(tmp_path):
+    """The histogram stage stores the signal-region data for the blinded figures only; the plot
+    driver hides the window in m_jj and shows the score in the side bands (data and MC)."""
+    from vhbb.fit.figures import hists_projections
+    from vhbb.fit.hists import read_plot_data, write_plot_data
+
+    rng = np.random.default_rng(3)
+    n = 400
+    data = {
+        "region": np.where(rng.random(n) < 0.5, "SR", "CR"),
+        "m_jj": rng.uniform(50, 250, n),
+        "score": rng.uniform(0, 1, n),
+    }
+    write_plot_data(str(tmp_path / "unblinded.h5"), data, "SR", blinded=False)
+    assert read_plot_data(str(tmp_path / "unblinded.h5")) is None
+    write_plot_data(str(tmp_path / "blinded.h5"), data, "SR", blinded=True)
+    sr_data = read_plot_data(str(tmp_path / "blinded.h5"))
+    sr = data["region"] == "SR"
+    np.testing.assert_array_equal(sr_data["m_jj"], data["m_jj"][sr])
+
+    mjj_edges, s_edges = np.array([50.0, 90, 150, 250]), np.array([0.0, 0.5, 1.0])
+    columns = {f"{k}{v}": data[k] for k in data for v in ("", "_jesUp", "_jesDown")}
+    mc = {"B": {"weight": np.full(n, 2.0), **columns}}
+    regions = {r: bn.fill_region(r, mc, mjj_edges=mjj_edges, score_edges=s_edges,
+                                 data_events=None) for r in ("SR", "CR")}  # fmt: skip
+    meta = {"signal_region": "SR", "mc_processes": ["B"], "cr_data_fit_fraction": 0.5,
+            "blinded": True}  # fmt: skip
+    figs = {f["name"]: f for f in hists_projections(regions, meta, sr_data, (90.0, 150.0))}
+    assert figs["SR/m_jj"]["hidden"] == (90.0, 150.0)
+    assert figs["SR/m_jj"]["data"].sum() == sr.sum()
+    side = sr & ((data["m_jj"] < 90) | (data["m_jj"] >= 150))
+    assert figs["SR/score"]["data"].sum() == side.sum()
+    assert figs["SR/score"]["mc"]["B"].sum() == pytest.approx(2.0 * side.sum())
+    assert figs["CR/m_jj"]["mc"]["B"].sum() == pytest.approx(0.5 * 2.0 * (~sr).sum())
+    assert figs["CR/m_jj"]["hidden"] is None and figs["CR/m_jj"]["data"] is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vhbb.binning_scan import scan
+from vhbb.fit.binning_scan import scan
 
 SETTINGS = {
     "binning": {

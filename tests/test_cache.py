@@ -10,8 +10,9 @@ import pytest
 import uproot
 from conftest import NANOAOD_FILE, REPO
 
-from vhbb import cache, config, toy
-from vhbb.errors import ConfigError, DataError, InputError
+from vhbb import config
+from vhbb.core.errors import ConfigError, DataError, InputError
+from vhbb.data import cache, toy
 
 CFG = config.load_config([REPO / "config" / "config.yaml"])
 FLAT = CFG["samples"]["layouts"]["flat"]
@@ -57,7 +58,7 @@ def test_regions_are_exclusive_and_migrate_under_jes(toy_file):
         assert set(frame[col].astype(str)) <= {"none", *REGIONS}
     # each event sits in at most one region by construction; check against the expressions
     cols = {c: frame[c].to_numpy(np.float64) for c in cache.DERIVED_COLUMNS}
-    from vhbb import expressions
+    from vhbb.data import expressions
 
     masks = np.array([expressions.evaluate(e, cols) for e in REGIONS.values()])
     presel = expressions.evaluate(PRESEL, cols)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from vhbb import likelihood as lk
-from vhbb.combine import parse_datacard, read_shapes, write_datacard
+from vhbb.fit.combine import parse_datacard, read_shapes, write_datacard
+from vhbb.stats import likelihood as lk
 
 
 def _constrained(model: lk.Model) -> lk.Model:

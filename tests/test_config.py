@@ -9,7 +9,8 @@ import yaml
 from conftest import REPO
 
 from vhbb import config as cfgmod
-from vhbb.errors import ConfigError
+from vhbb.core.dicts import deep_update
+from vhbb.core.errors import ConfigError
 
 CONFIGS = REPO / "config"
 
@@ -33,7 +34,7 @@ def test_shipped_configs_validate(overlay):
 def test_overlay_deep_updates_and_shrinks():
     base = yaml.safe_load((CONFIGS / "config.yaml").read_text())
     test = yaml.safe_load((CONFIGS / "test.yaml").read_text())
-    merged = cfgmod.deep_update(base, test)
+    merged = deep_update(base, test)
     assert merged["toy"]["events"]["ZH"] < base["toy"]["events"]["ZH"]
     # untouched keys survive the overlay
     assert merged["regions"] == base["regions"]
@@ -71,7 +72,10 @@ def test_unknown_process_and_region(base):
 def test_defaults_are_filled():
     config = {
         "toy": {},
-        "samples": {"processes": {"data": {"role": "data"}}, "list": {"d": {"process": "data"}}},
+        "samples": {
+            "processes": {"data": {"role": "data"}},
+            "list": {"d": {"process": "data", "source": "toy"}},
+        },
         "regions": {"preselection": "met_pt > 0", "definitions": {"SR": "m_jj > 0"}},
         "features": {"training": ["m_jj"]},
         "export": {"training_region": "SR", "regions": ["SR"]},
@@ -98,8 +102,8 @@ def test_section_hash_is_canonical():
 
 
 def test_config_reference_is_up_to_date():
-    from vhbb import docs
+    from vhbb.config import docs
 
     assert (REPO / "docs" / "config.md").read_text() == docs.render(), (
-        "docs/config.md is stale: run `python -m vhbb.docs`"
+        "docs/config.md is stale: run `python -m vhbb.config.docs`"
     )

@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from vhbb import diagnostics as dg
-from vhbb import likelihood as lk
+from vhbb.fit import diagnostics as dg
+from vhbb.stats import likelihood as lk
 
 TRUTH = {"sf_TT": 1.08, "sf_Zhf": 1.22, "sf_Zlf": 0.91}
 
@@ -148,7 +148,7 @@ def _columns(branches: dict, is_mc: bool) -> dict:
     import yaml
     from conftest import REPO
 
-    from vhbb import cache
+    from vhbb.data import cache
 
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     layout = cfg["samples"]["layouts"]["flat"]
@@ -168,7 +168,7 @@ def _score(cols: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def physics_toy():
     """MC and pseudo-data (mismodelling off, true SFs, mu = mu_VZ = 1) of the toy generator."""
-    from vhbb import toy
+    from vhbb.data import toy
 
     mc = {}
     for k, (proc, n) in enumerate(N_MC.items()):
@@ -187,7 +187,7 @@ def physics_toy():
 
 def _physics_model(mc: dict, data: dict) -> tuple[lk.Model, np.ndarray]:
     """SR (m_jj x synthetic score, merged) + one-bin CRs with free scale factors; all data."""
-    from vhbb import binning as bn
+    from vhbb.fit import templates as bn
 
     sr, crs = "SR_medhigh_Znn", ["CR_tt", "CR_Zhf", "CR_Zlf"]
     mjj_edges = np.array([50, 70, 80, 90, 100, 110, 120, 130, 140, 150, 170, 250.0])

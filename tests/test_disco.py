@@ -1,4 +1,4 @@
-"""vhbb.disco: DisCo (weighted dCor^2) reference and tiled forms against dcor and each other.
+"""vhbb.stats.disco: DisCo (weighted dCor^2) reference and tiled forms against dcor and each other.
 
 Needs torch and dcor: skips without them, fails under CI=true (conftest.require_module).
 """
@@ -14,7 +14,7 @@ TOL = 1e-10
 
 @pytest.fixture(scope="module")
 def torch():
-    return require_module("torch", "vhbb.disco is a torch loss term")
+    return require_module("torch", "vhbb.stats.disco is a torch loss term")
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def dcor():
 
 @pytest.fixture(scope="module")
 def disco(torch):
-    from vhbb import disco
+    from vhbb.stats import disco
 
     return disco
 
@@ -73,7 +73,7 @@ def test_integer_weights_equal_repeated_events(torch, dcor, disco, n):
 
 
 def test_matches_numpy_reference(torch, disco):
-    from vhbb.metrics import distance_correlation_sq
+    from vhbb.stats.metrics import distance_correlation_sq
 
     x, y = _sample(300, 1)
     w = np.random.default_rng(2).gamma(2.0, 0.5, size=300)  # non-integer weights

@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_snakemake
 
-from vhbb import config, keys
-from vhbb.export import read_h5
+from vhbb import config
+from vhbb.data import keys
+from vhbb.data.export import read_h5
 
 pytestmark = pytest.mark.e2e
 CFG = config.load_config([REPO / "config" / "config.yaml", REPO / "config" / "test.yaml"])

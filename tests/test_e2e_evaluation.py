@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-import vhbb.params as P
-from vhbb import evaluation
+import vhbb.config.params as P
 from vhbb.config import load_config
+from vhbb.evaluation import evaluate as evaluation
 
 pytestmark = pytest.mark.e2e
 

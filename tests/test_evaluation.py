@@ -1,4 +1,4 @@
-"""Evaluation figures where vhbb.evaluation composes the estimators of vhbb.metrics.
+"""Evaluation figures where vhbb.evaluation.evaluate composes the estimators of vhbb.stats.metrics.
 
 The estimators themselves are tested against ROOT/dcor/sklearn/scipy in test_metrics.py; here:
 the quantile split (disjoint, equal yield), null-with-reason cases, the composition (chi2/KS on
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from conftest import REPO, require_module
 
-from vhbb import evaluation as ev
-from vhbb import metrics as mt
-from vhbb.errors import DataError
+from vhbb.core.errors import DataError
+from vhbb.evaluation import evaluate as ev
+from vhbb.stats import metrics as mt
 
 SETTINGS = {
     "mjj_edges": [50, 70, 90, 110, 130, 150, 200, 250],
@@ -335,7 +335,9 @@ def test_collapsed_model_is_marked_without_crash():
 
 def test_metrics_schema_is_a_valid_json_schema():
     jsonschema = require_module("jsonschema")
-    schema = json.loads((REPO / "workflow/schemas/metrics.schema.json").read_text())
+    from vhbb.config import METRICS_SCHEMA_PATH
+
+    schema = json.loads(METRICS_SCHEMA_PATH.read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
 
 
@@ -346,7 +348,8 @@ def test_decorrelated_models_sculpt_less_than_massless_none(toy_sr_export):
     than the mass-less plain classifier, on held-out events of an in-memory toy export."""
     require_module("torch")
     from vhbb.config import load_config
-    from vhbb.train import build_and_train, predict, resolve_model
+    from vhbb.config.models import resolve_model
+    from vhbb.ml.train import build_and_train, predict
 
     data, names, mean, std = toy_sr_export
     config = load_config([REPO / "config" / "config.yaml"])

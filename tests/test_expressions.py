@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vhbb import expressions
-from vhbb.errors import ConfigError
+from vhbb.core.errors import ConfigError
+from vhbb.data import expressions
 
 COLS = {
     "m_jj": np.array([40.0, 60.0, 125.0, 300.0]),

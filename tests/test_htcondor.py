@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from conftest import REPO, skip_or_fail, snakemake_cmd
 
 pytestmark = [
@@ -46,18 +45,9 @@ def _plugin() -> None:
         skip_or_fail(f"the htcondor Python bindings (htcondor2) cannot be imported: {exc}")
 
 
-def site_profile(dest: Path) -> Path:
+def site_profile(cluster_run) -> Path:  # type: ignore[no-untyped-def]
     """profiles/htcondor without GPU requests, polling every second (test speed)."""
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    profile["set-resources"] = {
-        rule: res
-        for rule, res in (profile.get("set-resources") or {}).items()
-        if not set(res) & set(GPU_KEYS)
-    }
-    profile["seconds-between-status-checks"] = 1
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    return dest
+    return cluster_run.profile("htcondor", GPU_KEYS, **{"seconds-between-status-checks": 1})
 
 
 def run_standin(workdir: Path, cmd: list[str], records: Path) -> subprocess.CompletedProcess:
@@ -98,11 +88,10 @@ def test_profile_parses(tmp_path: Path) -> None:
     assert "getenv=True" in out
 
 
-def test_standin_runs_cache_stage(tmp_path: Path) -> None:
-    workdir = tmp_path / "run"
-    workdir.mkdir()
+def test_standin_runs_cache_stage(cluster_run, tmp_path: Path) -> None:
+    workdir = cluster_run.workdir
     records = tmp_path / "submits.jsonl"
-    profile = site_profile(tmp_path / "profile")
+    profile = site_profile(cluster_run)
     cmd = snakemake_cmd(workdir, "--workflow-profile", str(profile), "results/cache/ZH.parquet")
     proc = run_standin(workdir, cmd, records)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
@@ -135,25 +124,10 @@ def test_standin_runs_cache_stage(tmp_path: Path) -> None:
         assert cluster_events == [(0, None), (1, None), (5, 0)]
 
 
-def test_standin_failed_job_is_retried(tmp_path: Path) -> None:
-    workdir = tmp_path / "run"
-    workdir.mkdir()
+def test_standin_failed_job_is_retried(cluster_run, tmp_path: Path) -> None:
+    workdir = cluster_run.workdir
     records = tmp_path / "submits.jsonl"
-    profile = site_profile(tmp_path / "profile")
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "tests" / "cluster" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--workflow-profile",
-        str(profile),
-        "--retries",
-        "1",
-        "flaky.txt",
-    ]
+    cmd = cluster_run.test_workflow(site_profile(cluster_run), "flaky.txt")
     proc = run_standin(workdir, cmd, records)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-6000:]
     subs = submits(records)

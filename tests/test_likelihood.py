@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vhbb import likelihood as lk
-from vhbb.signal_fit import fast_significance
+from vhbb.fit.fast_fit import fast_significance
+from vhbb.stats import likelihood as lk
 
 
 def _numeric_grad(f, x, eps=1e-6):  # type: ignore[no-untyped-def]
@@ -129,3 +129,55 @@ def test_fast_significance_value_and_nulls():
     collapsed = {k: {**v, "score": np.full(len(v["score"]), 0.5)} for k, v in events.items()}
     res = fast_significance(collapsed, signal=["ZH"], settings=FAST_SETTINGS)
     assert res["significance"] is None or res["significance"] < out["significance"]
+
+
+# ------------------------------------------------------------------------ the one Minuit wrapper
+def test_both_fits_share_the_minuit_wrapper():
+    """One FitError, one status record: the signal-strength likelihood and the control-region
+    fit report through vhbb.stats.minuit."""
+    from vhbb.fit import scale_factors as sf
+    from vhbb.stats import minuit as mn
+    from vhbb.stats.results import RegionHistogram
+
+    assert lk.FitError is mn.FitError is sf.FitError
+    model, asimov = lk.toy_model(3, 3, stat="profile")
+    best = lk.fit(model, asimov, minos=["mu"])
+    assert isinstance(best.status, mn.FitStatus)
+    assert best.status.valid and best.status.minos_valid
+    h = RegionHistogram("CR", None, np.array([120.0]), {"X": np.array([100.0])}, {"X": np.zeros(1)})
+    cr = sf.fit_scale_factors([h], ["X"], minos=False)
+    assert isinstance(cr.status, mn.FitStatus) and cr.status.minos_valid is None
+    assert set(cr.status.as_dict()) == set(best.status.as_dict())
+
+
+def test_failed_minos_is_recorded_or_raised():
+    """An invalid MINOS interval: require_valid=False records it, the default raises naming it."""
+    from types import SimpleNamespace
+
+    from vhbb.stats import minuit as mn
+
+    def error(valid: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            lower=-0.1, upper=0.2, is_valid=valid, lower_valid=valid, upper_valid=True,
+            at_lower_limit=not valid, at_upper_limit=False,
+        )  # fmt: skip
+
+    m = SimpleNamespace(minos=lambda *names: None, merrors={"a": error(True), "b": error(False)})
+    intervals, valid = mn.minos(m, ["a", "b"], "test", require_valid=False)
+    assert intervals == {"a": (-0.1, 0.2), "b": (-0.1, 0.2)} and valid is False
+    with pytest.raises(mn.FitError, match=r"test: MINOS failed for b \(lower_valid=False"):
+        mn.minos(m, ["a", "b"], "test")
+    assert mn.minos(m, ["a"], "test") == ({"a": (-0.1, 0.2)}, True)
+
+
+def test_closed_form_follows_the_significance_edge_rule():
+    """closed_form_asimov_z is vhbb.stats.significance.asimov_significance: bins without signal
+    add nothing, a bin with signal and no positive background raises."""
+    from vhbb.core.errors import DataError
+    from vhbb.stats.significance import asimov_significance
+
+    s, b = np.array([1.0, 0.0, 2.0]), np.array([4.0, 0.0, 9.0])
+    assert lk.closed_form_asimov_z(s, b) == asimov_significance(s, b)
+    assert lk.closed_form_asimov_z(s, b) == lk.closed_form_asimov_z(s[[0, 2]], b[[0, 2]])
+    with pytest.raises(DataError, match="background"):
+        lk.closed_form_asimov_z(np.array([1.0, 1.0]), np.array([3.0, 0.0]))

@@ -1,4 +1,5 @@
-"""vhbb.metrics against independent references: PyROOT, scipy, scikit-learn, dcor, closed forms.
+"""vhbb.stats.metrics against independent references: PyROOT, scipy, scikit-learn, dcor, closed
+forms.
 
 Tests needing ROOT or dcor skip when it is missing, and fail under CI=true (conftest).
 """
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from conftest import require_module
 
-from vhbb import metrics
-from vhbb.errors import DataError
+from vhbb.core.errors import DataError
+from vhbb.stats import metrics
 
 REL = 1e-8
 

@@ -59,7 +59,7 @@ def heavy_after(args: list[str], cwd: Path, check: bool = True) -> list[str]:
 
 def test_rule_files_import_only_light_modules():
     modules = smk_imported_modules()
-    assert "vhbb.params" in modules
+    assert "vhbb.config.params" in modules
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module(m)\n"

@@ -27,12 +27,13 @@ import yaml
 from conftest import REPO, run_snakemake
 
 from vhbb import config as vconfig
-from vhbb import params as P
+from vhbb.config import params as P
 
 pytestmark = pytest.mark.e2e
 CFG = vconfig.load_config([REPO / "config" / "config.yaml", REPO / "config" / "test.yaml"])
 
 # The rules that existed when these tests were written: for them the triggered set is exact.
+# Every figure of the fits is drawn by a plot rule (*_plots, binning_scan_plot) of its own.
 KNOWN_RULES = {
     "toy_file",
     "cache_file",
@@ -50,6 +51,11 @@ KNOWN_RULES = {
     "binning_scan",
     "evaluate_model",
     "evaluation_plots",
+    "scale_factors_plots",
+    "hists_plots",
+    "signal_fit_plots",
+    "diagnostics_plots",
+    "binning_scan_plot",
     "compare_roc",
     "scan_summary",
     "best_scores",
@@ -58,6 +64,17 @@ KNOWN_RULES = {
 }
 UPSTREAM = ["toy_file", "cache_file", "cache_sample", "export_regions", "transform_weights"]
 BEFORE_FITS = [*UPSTREAM, "scale_factors", "train_model", "score_model"]
+# Rules that only draw figures from computed files (their params: the plot options).
+PLOT_RULES = {
+    "scale_factors_plots",
+    "hists_plots",
+    "signal_fit_plots",
+    "diagnostics_plots",
+    "binning_scan_plot",
+    "evaluation_plots",
+    "compare_roc",
+}
+COMPUTE_RULES = sorted(KNOWN_RULES - PLOT_RULES - {"all"})
 PARAMS_CHANGED = "Params have changed since last execution"
 JOB_HEADER = re.compile(r"^(?:local)?(?:rule|checkpoint) (\w+):\s*$")
 JOB_FIELD = re.compile(r"^\s{4}(\w+): ?(.*)$")
@@ -331,15 +348,34 @@ def test_control_region_fit_option_retrains_domain_adaptation_only(workdir_copy,
     assert graph.select("train_model", model="domain_adaptation") <= set(plan)
 
 
-def test_plot_only_option_reruns_no_computation(workdir_copy, tmp_path, graph):
-    """blinding.window (only the data/MC plots of the histogram jobs hide it): the histogram jobs
-    (they draw those plots), nothing upstream, not the binning scan nor the evaluation."""
+def test_blinding_window_reruns_the_histogram_plots_only(workdir_copy, tmp_path, graph):
+    """blinding.window (only the signal-region data/MC figures hide data by it): the histogram
+    plot jobs, no computation (not the histograms, fits, binning scan or evaluation)."""
     lo, hi = CFG["blinding"]["window"]
     check_reruns(
         workdir_copy,
         tmp_path,
         graph,
         {"blinding": {"window": [lo - 5.0, hi + 5.0]}},
-        fit_jobs(graph, "hists"),
-        [*BEFORE_FITS, "binning_scan", "evaluate_model", "scan_summary"],
+        fit_jobs(graph, "hists_plots"),
+        COMPUTE_RULES,
     )
+
+
+@pytest.mark.parametrize(
+    ("process", "option", "value"), [("TT", "color", "#123456"), ("ZH", "label", "ZH (bb)")]
+)
+def test_plot_style_reruns_plot_jobs_only(workdir_copy, tmp_path, graph, process, option, value):
+    """A process colour or label: the figures drawn with process styles (control-region fit,
+    histograms, signal-strength fits), no compute job (no fit, training or evaluation)."""
+    assert CFG["samples"]["processes"][process].get(option) != value
+    plan = check_reruns(
+        workdir_copy,
+        tmp_path,
+        graph,
+        {"samples": {"processes": {process: {option: value}}}},
+        graph.select("scale_factors_plots") | fit_jobs(graph, "hists_plots", "signal_fit_plots"),
+        COMPUTE_RULES,
+    )
+    assert {j.wc("mode") for j in plan if j.rule == "signal_fit_plots"} == set(CFG["fit"]["modes"])
+    assert {j.rule for j in plan} <= PLOT_RULES | {"all"}

@@ -1,4 +1,4 @@
-"""The model-independent control-region scale-factor fit (vhbb.scale_factors)."""
+"""The model-independent control-region scale-factor fit (vhbb.fit.scale_factors)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,12 @@ import pytest
 from conftest import REPO, skip_or_fail
 from scipy.optimize import brentq
 
-from vhbb import params as P
 from vhbb.config import load_config
-from vhbb.errors import ConfigError
-from vhbb.scale_factors import (
-    FitError,
-    RegionHistogram,
-    fit_scale_factors,
-    histogram_region,
-    run_scale_factors,
-)
+from vhbb.config import params as P
+from vhbb.core.errors import ConfigError
+from vhbb.fit.scale_factors import fit_scale_factors, histogram_region, run_scale_factors
+from vhbb.stats.minuit import FitError
+from vhbb.stats.results import RegionHistogram, ScaleFactorFit
 
 CONFIG = REPO / "config" / "config.yaml"
 
@@ -147,7 +143,7 @@ def test_agrees_with_pyhf():
 # ---------------------------------------------------------------------------- (3) closure
 def _toy_region_arrays(config: dict, sample: str, n_events: int) -> dict[str, np.ndarray]:
     """Generate one toy sample in memory (no ROOT file) and assign the analysis regions."""
-    from vhbb import cache, toy
+    from vhbb.data import cache, toy
 
     layout = config["samples"]["layouts"]["flat"]
     spec = config["samples"]["list"][sample]
@@ -276,7 +272,7 @@ def test_negative_yields_are_zeroed(caplog):
 # ---------------------------------------------------------------------------- driver
 def _write_export(path, region, rng, n_mc=3000, bad=False):
     """A one-region export: TT flat in m_jj, 'others' falling; data = 1.2 TT + others."""
-    from vhbb.export import write_h5
+    from vhbb.data.export import write_h5
 
     process_names = ["TT", "others", "data"]
     tt, others = rng.uniform(50, 250, n_mc), rng.exponential(60, n_mc) + 50
@@ -332,14 +328,14 @@ def _run(tmp_path, inputs):
     return run_scale_factors(
         inputs,
         json_path=str(tmp_path / "sf.json"),
-        yields_dir=str(tmp_path / "yields"),
-        slices_plot=str(tmp_path / "sf_vs_mjj.png"),
-        features_dir=str(tmp_path / "features"),
+        plot_data=str(tmp_path / "plot_data.json"),
         spec=_driver_spec(),
     )
 
 
-def test_driver_writes_json_and_plots(tmp_path):
+def test_driver_writes_json_and_plot_data_then_the_plot_rule_draws(tmp_path):
+    from vhbb.fit.figures import plot_styles, run_scale_factor_plots
+
     rng = np.random.default_rng(1)
     _write_export(tmp_path / "CR_tt.h5", "CR_tt", rng)
     summary = _run(tmp_path, {"CR_tt": str(tmp_path / "CR_tt.h5")})
@@ -356,6 +352,21 @@ def test_driver_writes_json_and_plots(tmp_path):
     assert written["correlation"] == [[1.0]]
     assert entry["value"] == pytest.approx(1.2, abs=4 * entry["hesse_error"])
     assert "config_hash" in written["provenance"]
+    # the plot data round-trips the fits exactly; the plot rule draws every figure from it
+    plot_data = json.loads((tmp_path / "plot_data.json").read_text())
+    inclusive = ScaleFactorFit.from_dict(plot_data["inclusive"])
+    assert inclusive.values == {"TT": entry["value"]}
+    assert inclusive.errors("TT") == (-entry["minos_lower"], entry["minos_upper"])
+    assert sorted(plot_data["features"]["CR_tt"]) == ["m_jj", "x1"]
+    assert not (tmp_path / "yields").exists()
+    run_scale_factor_plots(
+        str(tmp_path / "plot_data.json"),
+        yields_dir=str(tmp_path / "yields"),
+        slices_plot=str(tmp_path / "sf_vs_mjj.png"),
+        features_dir=str(tmp_path / "features"),
+        styles=plot_styles(_driver_spec()["processes"]),
+        lumi=41.5,
+    )
     for rel in ("yields/prefit/CR_tt.png", "yields/postfit/CR_tt.png", "sf_vs_mjj.png"):
         assert (tmp_path / rel).stat().st_size > 0
     assert sorted(p.name for p in (tmp_path / "features" / "CR_tt").iterdir()) == [
@@ -370,6 +381,7 @@ def test_failed_fit_leaves_no_json(tmp_path):
     with pytest.raises(FitError, match="process 'TT' has no MC yield"):
         _run(tmp_path, {"CR_tt": str(tmp_path / "CR_tt.h5")})
     assert not (tmp_path / "sf.json").exists()
+    assert not (tmp_path / "plot_data.json").exists()
 
 
 # ---------------------------------------------------------------------------- config
@@ -383,6 +395,32 @@ def test_params_depend_only_on_what_the_fit_reads():
     assert P.scale_factor_fit(other) == base
     other["fit"]["scale_factors"]["minos"] = False
     assert P.scale_factor_fit(other) != base
+
+
+def test_plot_options_are_not_params_of_the_fits():
+    """The rules' params without the plot options (vhbb.fit.figures.without_plot_options): a
+    process colour or label, the lumi label and the blinding window change none of them."""
+    from vhbb.fit.figures import plot_styles, without_plot_options
+
+    config = load_config([CONFIG])
+    other = copy.deepcopy(config)
+    other["samples"]["processes"]["TT"]["color"] = "#123456"
+    other["samples"]["processes"]["ZH"]["label"] = "signal"
+    other["blinding"]["window"] = [80.0, 160.0]
+    for spec in (
+        lambda c: P.scale_factor_fit(c),
+        lambda c: P.hists(c, "disco"),
+        lambda c: P.signal_fit(c, "disco", "simultaneous"),
+        lambda c: P.diagnostics(c, "disco", "simultaneous"),
+        lambda c: P.binning_scan(c, "disco"),
+    ):
+        assert without_plot_options(spec(other)) == without_plot_options(spec(config))
+    hists = without_plot_options(P.hists(config, "disco"))
+    assert hists["blinding"] == {"enabled": True} and "lumi" not in hists
+    assert set(hists["processes"]["TT"]) == {"role"}
+    styles = plot_styles(other["samples"]["processes"])
+    assert styles["TT"]["color"] == "#123456" and styles["ZH"]["label"] == "signal"
+    assert styles != plot_styles(config["samples"]["processes"])
 
 
 def test_schema_defaults_and_bad_settings():

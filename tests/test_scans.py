@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from conftest import REPO, run_snakemake
 
-import vhbb.params as P
-from vhbb import scans
-from vhbb.config import load_config
-from vhbb.errors import ConfigError
-from vhbb.train import resolve_model
+import vhbb.config.params as P
+from vhbb.config import load_config, scans
+from vhbb.config.models import resolve_model
+from vhbb.core.errors import ConfigError
+from vhbb.evaluation import scans as scan_summary
 
 
 @pytest.fixture(scope="module")
@@ -174,13 +174,13 @@ def test_selection_uses_validation_figures():
         "c": fake_metrics(z_val=5.0, z_oof=1.0, chi2_val=9.0, chi2_oof=1.0),
         "d": fake_metrics(z_val=4.0, z_oof=4.0, chi2_val=1.0, chi2_oof=1.0, vz=False),
     }
-    best = scans.select(metrics, metric="chi2_ndf_ref", threshold=3.0, require_vz=True)
+    best = scan_summary.select(metrics, metric="chi2_ndf_ref", threshold=3.0, require_vz=True)
     assert best["selected"] == "b" and best["passes_cuts"]
     assert best["rule"]["variant"] == "validation"
     reasons = {c["model"]: c["reasons"] for c in best["candidates"]}
     assert any("fails the threshold" in r for r in reasons["c"])
     assert reasons["d"] == ["VZ peak not visible"]
-    jsd = scans.select(metrics, metric="inverse_jsd", threshold=5.0, require_vz=False)
+    jsd = scan_summary.select(metrics, metric="inverse_jsd", threshold=5.0, require_vz=False)
     assert jsd["selected"] == "d"
 
 
@@ -197,7 +197,7 @@ def test_collapsed_model_does_not_break_summary_or_selection(tmp_path):
     outputs = {k: str(tmp_path / "out" / v) for k, v in {
         "csv": "summary.csv", "md": "summary.md", "best": "best.json", "heatmaps": "heatmaps",
         "pareto": "pareto.png"}.items()}  # fmt: skip
-    best = scans.run_scan_summary(
+    best = scan_summary.run_scan_summary(
         scan="s",
         metrics_files=files,
         points={"disco-lambda_5": {"disco.lambda": 5}, "disco-lambda_100": {"disco.lambda": 100}},
@@ -213,17 +213,17 @@ def test_collapsed_model_does_not_break_summary_or_selection(tmp_path):
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
     assert list((tmp_path / "out" / "heatmaps").glob("*.png"))
     # best-<scan> consumers resolve the choice from best.json
-    assert scans.resolve_best(outputs["best"]) == "disco-lambda_5"
+    assert scan_summary.resolve_best(outputs["best"]) == "disco-lambda_5"
 
 
 def test_all_collapsed_selects_nothing_with_a_reason():
     metrics = {"x": fake_metrics(None, None, 1.0, 1.0, collapsed=True)}
-    best = scans.select(metrics, metric="chi2_ndf_ref", threshold=3.0, require_vz=True)
+    best = scan_summary.select(metrics, metric="chi2_ndf_ref", threshold=3.0, require_vz=True)
     assert best["selected"] is None and "collapsed" in best["reason"]
 
 
 def test_pareto_front():
-    from vhbb.eval_plots import pareto_front
+    from vhbb.plots.evaluation import pareto_front
 
     x = [0.9, 0.8, 0.85, 0.7, np.nan]
     y = [1.0, 3.0, 0.5, 2.0, 5.0]

@@ -13,14 +13,11 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 from conftest import REPO, skip_or_fail, snakemake_cmd
 
 pytestmark = pytest.mark.slow
@@ -77,24 +74,6 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         subprocess.run(["bash", str(SLURM_SH), "stop", str(state)], env=env, check=False)
 
 
-def site_profile(dest: Path, **extra: Any) -> Path:
-    """profiles/slurm without GPU requests, plus test settings; returns the profile directory."""
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
-    # the test cluster has no GPUs: drop the rules that ask for one (their partition etc. too)
-    profile["set-resources"] = {
-        rule: res
-        for rule, res in (profile.get("set-resources") or {}).items()
-        if not set(res) & set(GPU_KEYS)
-    }
-    profile["default-resources"] = [
-        r for r in profile.get("default-resources", []) if r.split("=")[0] not in GPU_KEYS
-    ]
-    profile.update(extra)
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
-    return dest
-
-
 def jobs_of(prefix: str) -> list[dict[str, str]]:
     """Slurm's records of the jobs of one Snakemake run (job names start with ``prefix``)."""
     fields = ("id", "state", "name", "comment", "mem", "cpus", "time")
@@ -117,10 +96,9 @@ def fail_msg(proc: subprocess.CompletedProcess | subprocess.Popen, out: str) -> 
     return f"snakemake exited with {proc.returncode}:\n{out[-6000:]}"
 
 
-def test_export_through_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
+def test_export_through_slurm(slurm_cluster: Path, cluster_run, tmp_path: Path) -> None:
     """The test workflow's `export` target, every job submitted with sbatch by the profile."""
-    workdir = tmp_path / "run"
-    workdir.mkdir()
+    workdir = cluster_run.workdir
     # one file per sample keeps the run short; the toy ntuples are written locally first
     overlay = tmp_path / "one_file.yaml"
     overlay.write_text("toy: {files_per_sample: 1, data_files: 1}\n")
@@ -132,7 +110,7 @@ def test_export_through_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
     )
     assert local.returncode == 0, fail_msg(local, local.stdout + local.stderr)
 
-    profile = site_profile(tmp_path / "profile", **{"slurm-jobname-prefix": "vhbbexport"})
+    profile = cluster_run.profile("slurm", GPU_KEYS, **{"slurm-jobname-prefix": "vhbbexport"})
     cmd = snakemake_cmd(
         workdir, "--workflow-profile", str(profile), "export", overlays=(str(overlay),)
     )
@@ -166,26 +144,12 @@ def test_export_through_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
             assert (job["mem"], job["cpus"], job["time"]) == (mem, cpus, limit), job
 
 
-def test_retry_and_cancelled_job(slurm_cluster: Path, tmp_path: Path) -> None:
+def test_retry_and_cancelled_job(slurm_cluster: Path, cluster_run, tmp_path: Path) -> None:
     """A job failing once is resubmitted with more memory; a job cancelled with scancel is
     reported as failed and resubmitted (--retries 1 from the profile)."""
-    workdir = tmp_path / "run"
-    workdir.mkdir()
-    profile = site_profile(tmp_path / "profile", **{"slurm-jobname-prefix": "vhbbretry"})
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "tests" / "cluster" / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--workflow-profile",
-        str(profile),
-        "--retries",
-        "1",
-        "all",
-    ]
+    workdir = cluster_run.workdir
+    profile = cluster_run.profile("slurm", GPU_KEYS, **{"slurm-jobname-prefix": "vhbbretry"})
+    cmd = cluster_run.test_workflow(profile, "all")
     log = tmp_path / "snakemake.out"
     with log.open("w") as sink:
         proc = subprocess.Popen(with_timeout(cmd, 300), stdout=sink, stderr=subprocess.STDOUT)

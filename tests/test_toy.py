@@ -7,7 +7,8 @@ import pytest
 import uproot
 from conftest import REPO
 
-from vhbb import cache, config, toy
+from vhbb import config
+from vhbb.data import cache, toy
 
 CFG = config.load_config([REPO / "config" / "config.yaml"])
 
@@ -137,7 +138,7 @@ def test_keys_unique_within_sample_though_event_numbers_repeat():
 @pytest.mark.slow
 def test_toy_significance_is_cms_like():
     """A quick gradient-boosted classifier (m_jj among its inputs) gives 1.5-2.5 sigma."""
-    from vhbb.checks import toy_significance
+    from vhbb.evaluation.toy_significance import toy_significance
 
     result = toy_significance(CFG, n_per_sample=150_000, seed=11)
     assert 1.5 <= result["significance"] <= 2.5, result

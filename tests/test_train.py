@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from vhbb import config, engine, train
-from vhbb.errors import VhbbError
+from vhbb import config
+from vhbb.config.models import method_names, resolve_model
+from vhbb.core.errors import ConfigError, InputError, VhbbError
+from vhbb.ml import engine, methods, train
+from vhbb.stats.metrics import ks_distance
 
 torch = pytest.importorskip("torch")
 
@@ -26,7 +29,7 @@ def sr_data(toy_sr_export):
 def _spec(method: str, **over):  # type: ignore[no-untyped-def]
     name = {"none": "nn_massless"}.get(method, method)
     name = {"disco_then_adversarial": "disco_adversarial"}.get(name, name)
-    spec = train.resolve_model(CFG["models"], name)
+    spec = resolve_model(CFG["models"], name)
     spec.update(epochs=8, lr=0.005, batch_size=1024, layers=[64, 64], checkpoint_every=1)
     spec["adversary"].update(pretrain_clf_epochs=2, pretrain_adv_epochs=2)
     spec["systematic"].update(pretrain_clf_epochs=2, pretrain_adv_epochs=1)
@@ -43,7 +46,7 @@ def _fit(sr_data, spec, **kw):  # type: ignore[no-untyped-def]
 
 
 def _out_of_fold_dcor(sr_data, clf) -> float:  # type: ignore[no-untyped-def]
-    from vhbb.metrics import distance_correlation_sq
+    from vhbb.stats.metrics import distance_correlation_sq
 
     data = sr_data[0]
     sel = (data["fold"] == 0) & (data["decorr_weight"] > 0)
@@ -105,7 +108,7 @@ def test_domain_adaptation_lowers_data_mc_ks(sr_data):
     clf_none, _ = _fit(sr_data, spec_none)
     s = train.predict(clf_none, domain["x"])
     d = domain["is_data"]
-    ks_none = train.ks_distance(s[d], np.ones(d.sum()), s[~d], np.ones((~d).sum()))
+    ks_none = ks_distance(s[d], np.ones(d.sum()), s[~d], np.ones((~d).sum()))
     assert hist_da["epochs"][-1]["val/data_mc_ks"] < ks_none
 
 
@@ -211,15 +214,51 @@ def test_collapse_is_flagged(sr_data):
     assert hist["collapsed"] is True
 
 
+def test_every_schema_method_is_registered_and_nothing_else():
+    assert set(methods.names()) == set(method_names())
+    with pytest.raises(ConfigError, match="unknown training method 'magic'"):
+        methods.get("magic")
+
+
+def test_a_new_method_is_one_registered_build_function(sr_data):
+    """The driver and the engine know no method by name: a method registered here trains."""
+    from vhbb.ml.methods.base import Plan, classifier_phase
+
+    @methods.register("test_only_two_phases")
+    def build(ctx):  # type: ignore[no-untyped-def]
+        plan = Plan.classifier(ctx)
+        plan.phases = [classifier_phase(ctx, 1, "first"), classifier_phase(ctx, 1, "second")]
+        plan.metrics.append(lambda: {"val/extra": 1.0})
+        return plan
+
+    try:
+        _, hist = _fit(sr_data, {**_spec("none"), "method": "test_only_two_phases"})
+    finally:
+        methods._REGISTRY.pop("test_only_two_phases")
+    assert [e["phase"] for e in hist["epochs"]] == ["first", "second"]
+    assert hist["method"] == "test_only_two_phases" and hist["epochs"][-1]["val/extra"] == 1.0
+
+
+def test_domain_inputs_need_a_scale_factor_result(tmp_path):
+    spec = {"method": "domain_adaptation"}
+    assert train.domain_inputs({"method": "disco"}, [], None, 0) is None
+    with pytest.raises(ConfigError, match="needs the control-region scale factors"):
+        train.domain_inputs(spec, [], None, 0)
+    bad = tmp_path / "scale_factors.json"
+    bad.write_text(json.dumps({"scale_factors": {"TT": 1.1}}))
+    with pytest.raises(InputError, match="not a scale-factor fit result"):
+        train.domain_inputs(spec, [], bad, 0)
+
+
 def test_unknown_method_and_preset():
     models = {
         "presets": {"p": {"layers": [4]}},
         "list": {"a": {"preset": "p", "method": "magic"}, "b": {"preset": "q", "method": "none"}},
     }
     with pytest.raises(VhbbError, match="unknown method 'magic'"):
-        train.resolve_model(models, "a")
-    with pytest.raises(VhbbError, match="unknown or circular preset 'q'"):
-        train.resolve_model(models, "b")
+        resolve_model(models, "a")
+    with pytest.raises(VhbbError, match=r"unknown (or circular )?preset 'q'"):
+        resolve_model(models, "b")
 
 
 def test_checkpoint_and_onnx_round_trip(sr_data, tmp_path):

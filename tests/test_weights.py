@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import NANOAOD_FILE, REPO
 
-from vhbb import weights as W
-from vhbb.errors import ConfigError, DataError
+from vhbb.core.errors import ConfigError, DataError
+from vhbb.ml import weights as W
 
 TINY = {"layers": [32, 32], "epochs": 8, "batch_size": 256, "learning_rate": 3e-3}
 
@@ -191,7 +191,8 @@ def test_training_weights_strategies():
 
 
 def test_params_helper_resolves_and_checks_conditioning():
-    from vhbb import config, params
+    from vhbb import config
+    from vhbb.config import params
 
     cfg = config.load_config([REPO / "config" / "config.yaml"])
     spec = params.weights(cfg)
@@ -209,8 +210,9 @@ def test_params_helper_resolves_and_checks_conditioning():
 def test_real_nanoaod_ttbar_weights(tmp_path):
     if not NANOAOD_FILE.exists():
         pytest.skip(f"the real NanoAOD file is absent ({NANOAOD_FILE})")
-    from vhbb import cache, config
-    from vhbb import keys as keymod
+    from vhbb import config
+    from vhbb.data import cache
+    from vhbb.data import keys as keymod
 
     cfg = config.load_config([REPO / "config" / "config.yaml"])
     frame, stats = cache.cache_file(
@@ -246,8 +248,9 @@ def weights_run(e2e_run):
     return e2e_run
 
 
+@pytest.mark.e2e
 def test_stage_outputs_aligned_with_export(weights_run):
-    from vhbb.export import read_h5
+    from vhbb.data.export import read_h5
 
     cfg_regions = ["SR_medhigh_Znn", "CR_tt", "CR_Zhf", "CR_Zlf"]
     for region in cfg_regions:

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import REPO, run_snakemake
 
-from vhbb.io import atomic_path
+from vhbb.core.io import atomic_path
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import require_module
 
-from vhbb import likelihood as lk
-from vhbb.workspace import to_workspace
+from vhbb.fit.workspace import to_workspace
+from vhbb.stats import likelihood as lk
 
 
 def _pyhf_results(ws: dict) -> dict:

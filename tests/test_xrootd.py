@@ -26,8 +26,8 @@ import yaml
 from conftest import REPO, require_module, run_snakemake, skip_or_fail
 
 from vhbb import config as vconfig
-from vhbb import params as P
-from vhbb.cache import cache_file
+from vhbb.config import params as P
+from vhbb.data.cache import cache_file
 
 SAMPLE = "ZH"
 CFG = vconfig.load_config([REPO / "config" / "config.yaml", REPO / "config" / "test.yaml"])

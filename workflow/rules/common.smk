@@ -1,8 +1,10 @@
 # Config validation, wildcard constraints and the helper functions that map config to files.
-import vhbb.params as P
+import vhbb.config.params as P
 from vhbb.config import validate, load_schema
 
-validate(config, load_schema(workflow.source_path("../schemas/config.schema.yaml")))
+validate(config, load_schema())
+# expand every scan now: an unknown path or a value its key's schema refuses fails here
+P.all_models(config)
 
 
 SAMPLES = list(config["samples"]["list"])
@@ -30,9 +32,12 @@ def toy_files():
 
 
 def cache_parts(wildcards):
+    """The sample's cached files; for data with samples.overlap_removal, also those of the
+    data samples ranked before it (their events are removed from this sample)."""
     return [
-        f"results/cache/parts/{wildcards.sample}/part{i}.parquet"
-        for i in range(P.n_files(config, wildcards.sample))
+        f"results/cache/parts/{s}/part{i}.parquet"
+        for s in [*P.overlap_with(config, wildcards.sample), wildcards.sample]
+        for i in range(P.n_files(config, s))
     ]
 
 
@@ -95,7 +100,7 @@ def hists_inputs(wildcards):
 
 
 def fit_outputs():
-    """Histograms, signal-strength fits and workspaces of the models in fit.models."""
+    """Histograms, signal-strength fits, workspaces and figures of the models in fit.models."""
     models = P.fit_models(config)
     return (
         expand("results/hists/{model}/hists.h5", model=models)
@@ -113,23 +118,52 @@ def fit_outputs():
                 if m in config["fit"]["modes"]
             ],
         )
+        + fit_plot_outputs()
+    )
+
+
+def fit_plot_outputs():
+    """Figures of the plot rules of fit.smk: the control-region fit, then the histograms and
+    signal-strength fits of the models in fit.models."""
+    models = P.fit_models(config)
+    return (
+        [
+            "results/fits/scale_factors/yields",
+            "results/fits/scale_factors/sf_vs_mjj.png",
+            "results/fits/scale_factors/features",
+        ]
+        + expand("results/hists/{model}/plots", model=models)
+        + expand(
+            "results/fits/{model}/{mode}/plots",
+            model=models,
+            mode=config["fit"]["modes"],
+        )
     )
 
 
 def diagnostics_outputs():
-    """Diagnostics, Combine datacards and binning scans of the models in fit.models."""
+    """Diagnostics, Combine datacards and binning scans (with their figures) of fit.models."""
     models = P.fit_models(config)
-    out = expand(
-        "results/fits/{model}/{mode}/diagnostics.json",
-        model=models,
-        mode=P.diagnostics_modes(config),
-    ) + expand(
-        "results/fits/{model}/{mode}/combine/datacard.txt",
-        model=models,
-        mode=P.combine_modes(config),
+    diag_modes = P.diagnostics_modes(config)
+    out = (
+        expand(
+            "results/fits/{model}/{mode}/diagnostics.json",
+            model=models,
+            mode=diag_modes,
+        )
+        + expand(
+            "results/fits/{model}/{mode}/diagnostics", model=models, mode=diag_modes
+        )
+        + expand(
+            "results/fits/{model}/{mode}/combine/datacard.txt",
+            model=models,
+            mode=P.combine_modes(config),
+        )
     )
     if config["fit"]["binning_scan"]["enabled"]:
-        out += expand("results/fits/{model}/binning_scan.json", model=models)
+        out += expand(
+            "results/fits/{model}/binning_scan.{ext}", model=models, ext=["json", "png"]
+        )
     return out
 
 
@@ -142,6 +176,7 @@ def all_targets():
         + fit_outputs()
         + diagnostics_outputs()
         + evaluation_outputs()
+        + ["results/summary.json", "results/summary.html"]
     )
 
 
@@ -179,7 +214,7 @@ def scan_models(scan):
 
 
 def scan_summary_models(wildcards):
-    import vhbb.scans as S
+    import vhbb.config.scans as S
 
     points = list(P.scan_summary(config, wildcards.scan)["points"])
     return points + S.compare_models(config, wildcards.scan)
@@ -195,5 +230,39 @@ def evaluation_outputs():
             "results/scans/{scan}/{name}",
             scan=SCANS,
             name=["best.json", "summary.csv", "summary.md", "pareto.png"],
+        )
+    )
+
+
+# The summary page (workflow/rules/summary.smk).
+SUMMARY_KEYS = P.summary_keys(config)
+
+
+def summary_inputs(wildcards):
+    """Result files the summary page reads; figure folders of the first simultaneous fit."""
+    k = SUMMARY_KEYS
+    return {
+        "export_summary": "results/export/summary.json",
+        "scale_factors": "results/fits/scale_factors.json",
+        "metrics": expand("results/evaluation/{m}/metrics.json", m=k["metrics"]),
+        "best": expand("results/scans/{s}/best.json", s=k["best"]),
+        "fits": [f"results/fits/{f}/signal_strength.json" for f in k["fits"]],
+        "diagnostics": [f"results/fits/{d}/diagnostics.json" for d in k["diagnostics"]],
+        "weights": expand("results/weights/{r}/validation.json", r=k["weights"]),
+        "figures": expand("results/scans/{s}/pareto.png", s=k["best"]),
+        "figure_dirs": [
+            f"results/fits/{d}/{sub}"
+            for d in k["shown"]
+            for sub in ("plots", "diagnostics")
+        ],
+    }
+
+
+def summary_links():
+    return sorted(
+        set(
+            v
+            for x in summary_inputs(None).values()
+            for v in ([x] if isinstance(x, str) else x)
         )
     )

@@ -1,5 +1,6 @@
 # Statistics II: fit diagnostics on pseudo-experiments, binning scan, CMS Combine export
-# (vhbb.diagnostics, vhbb.binning_scan, vhbb.combine).
+# (vhbb.fit.diagnostics, vhbb.fit.binning_scan, vhbb.fit.combine); figures by plot rules
+# (vhbb.fit.figures, see fit.smk).
 
 
 rule diagnostics:
@@ -9,13 +10,7 @@ rule diagnostics:
         scale_factors="results/fits/scale_factors.json",
     output:
         json="results/fits/{model}/{mode}/diagnostics.json",
-        plots=report(
-            directory("results/fits/{model}/{mode}/diagnostics"),
-            patterns=["{name}.png"],
-            caption="../report/diagnostics.rst",
-            category="Fit diagnostics",
-            subcategory="{model}: {mode}",
-        ),
+        plot_data="results/fits/{model}/{mode}/diagnostics_plot_data.json",
     log:
         "logs/fits/{model}/{mode}_diagnostics.log",
     wildcard_constraints:
@@ -27,9 +22,38 @@ rule diagnostics:
         mem_mb=4000,
         runtime=60,
     params:
-        spec=lambda wc: P.diagnostics(config, wc.model, wc.mode),
+        spec=lambda wc: without_plot_options(P.diagnostics(config, wc.model, wc.mode)),
     script:
         "../scripts/diagnostics.py"
+
+
+rule diagnostics_plots:
+    """Impact ranking, correlation matrix, GoF, injection and closure-pull figures of one fit."""
+    input:
+        json="results/fits/{model}/{mode}/diagnostics.json",
+        plot_data="results/fits/{model}/{mode}/diagnostics_plot_data.json",
+    output:
+        plots=report(
+            directory("results/fits/{model}/{mode}/diagnostics"),
+            patterns=["{name}.png"],
+            caption="../report/diagnostics.rst",
+            category="Fit diagnostics",
+            subcategory="{model}: {mode}",
+        ),
+    log:
+        "logs/fits/{model}/{mode}_diagnostics_plots.log",
+    wildcard_constraints:
+        mode="fixed|constrained|simultaneous",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        lumi=PLOT_LUMI,
+    script:
+        "../scripts/diagnostics_plots.py"
 
 
 rule combine:
@@ -52,7 +76,7 @@ rule combine:
         mem_mb=2000,
         runtime=10,
     params:
-        spec=lambda wc: P.signal_fit(config, wc.model, wc.mode),
+        spec=lambda wc: without_plot_options(P.signal_fit(config, wc.model, wc.mode)),
     script:
         "../scripts/combine.py"
 
@@ -64,12 +88,6 @@ rule binning_scan:
         scale_factors="results/fits/scale_factors.json",
     output:
         json="results/fits/{model}/binning_scan.json",
-        plot=report(
-            "results/fits/{model}/binning_scan.png",
-            caption="../report/binning_scan.rst",
-            category="Fit diagnostics",
-            subcategory="{model}: binning scan",
-        ),
     log:
         "logs/fits/{model}/binning_scan.log",
     conda:
@@ -80,6 +98,31 @@ rule binning_scan:
         runtime=60,
     params:
         samples=SAMPLES,
-        spec=lambda wc: P.binning_scan(config, wc.model),
+        spec=lambda wc: without_plot_options(P.binning_scan(config, wc.model)),
     script:
         "../scripts/binning_scan.py"
+
+
+rule binning_scan_plot:
+    """sigma_mu and significance versus the number of bins, with and without MC statistics."""
+    input:
+        json="results/fits/{model}/binning_scan.json",
+    output:
+        plot=report(
+            "results/fits/{model}/binning_scan.png",
+            caption="../report/binning_scan.rst",
+            category="Fit diagnostics",
+            subcategory="{model}: binning scan",
+        ),
+    log:
+        "logs/fits/{model}/binning_scan_plot.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        lumi=PLOT_LUMI,
+    script:
+        "../scripts/binning_scan_plot.py"

@@ -1,5 +1,15 @@
-# Statistical fits: the model-independent control-region scale-factor fit.
+# Statistical fits: the model-independent control-region scale-factor fit, the 2D histograms and
+# the signal-strength fit (vhbb.fit.scale_factors, vhbb.fit.hists, vhbb.fit.signal_fit).
+#
+# Compute rules write JSON/HDF5 only; every figure is drawn by a plot rule (*_plots, drawn by
+# vhbb.fit.figures) from those files.  The plot options (process labels and colours, the lumi of
+# the CMS label, the blinding window) are params of the plot rules only, so changing them reruns
+# no fit.
+from vhbb.fit.figures import plot_styles, without_plot_options
+
 SF_REGIONS = P.scale_factor_fit(config)["settings"]["regions"]
+PLOT_STYLES = plot_styles(config["samples"]["processes"])
+PLOT_LUMI = config["lumi"]
 
 
 rule scale_factors:
@@ -8,6 +18,26 @@ rule scale_factors:
         regions=expand("results/export/{region}.h5", region=SF_REGIONS),
     output:
         json="results/fits/scale_factors.json",
+        plot_data="results/fits/scale_factors/plot_data.json",
+    log:
+        "logs/fits/scale_factors.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        spec=without_plot_options(P.scale_factor_fit(config)),
+    script:
+        "../scripts/scale_factors.py"
+
+
+rule scale_factors_plots:
+    """Pre/post-fit data/MC, input features and scale factors versus m_jj of the CR fit."""
+    input:
+        plot_data="results/fits/scale_factors/plot_data.json",
+    output:
         yields=report(
             directory("results/fits/scale_factors/yields"),
             patterns=["{stage}/{region}.png"],
@@ -32,37 +62,32 @@ rule scale_factors:
             labels={"region": "{region}", "feature": "{feature}"},
         ),
     log:
-        "logs/fits/scale_factors.log",
+        "logs/fits/scale_factors_plots.log",
     conda:
         ENV
     threads: 2
     resources:
-        mem_mb=4000,
+        mem_mb=2000,
         runtime=30,
     params:
-        spec=P.scale_factor_fit(config),
+        styles=PLOT_STYLES,
+        lumi=PLOT_LUMI,
     script:
-        "../scripts/scale_factors.py"
+        "../scripts/scale_factors_plots.py"
 
 
-# Signal-strength fit of a trained model in m_jj x score (vhbb.binning, vhbb.signal_fit).
+# Signal-strength fit of a trained model in m_jj x score (vhbb.fit.templates, vhbb.fit.signal_fit).
 
 
 rule hists:
-    """2D m_jj x score histograms per process and region, merged binning, data/MC plots."""
+    """2D m_jj x score histograms per process and region, merged signal-region binning."""
     input:
         unpack(hists_inputs),
     output:
         h5="results/hists/{model}/hists.h5",
         root="results/hists/{model}/hists.root",
         binning="results/hists/{model}/binning.json",
-        plots=report(
-            directory("results/hists/{model}/plots"),
-            patterns=["{name}.png"],
-            caption="../report/signal_hists.rst",
-            category="Signal-strength fit",
-            subcategory="Templates and data/MC ({model})",
-        ),
+        plot_data="results/hists/{model}/plot_data.h5",
     log:
         "logs/hists/{model}.log",
     conda:
@@ -73,9 +98,38 @@ rule hists:
         runtime=30,
     params:
         samples=SAMPLES,
-        spec=lambda wc: P.hists(config, wc.model),
+        spec=lambda wc: without_plot_options(P.hists(config, wc.model)),
     script:
         "../scripts/hists.py"
+
+
+rule hists_plots:
+    """Templates and stacked data/MC of m_jj and the score per region (blinding window hidden)."""
+    input:
+        hists="results/hists/{model}/hists.h5",
+        plot_data="results/hists/{model}/plot_data.h5",
+    output:
+        plots=report(
+            directory("results/hists/{model}/plots"),
+            patterns=["{name}.png"],
+            caption="../report/signal_hists.rst",
+            category="Signal-strength fit",
+            subcategory="Templates and data/MC ({model})",
+        ),
+    log:
+        "logs/hists/{model}_plots.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=15,
+    params:
+        styles=PLOT_STYLES,
+        lumi=PLOT_LUMI,
+        window=config["blinding"]["window"],
+    script:
+        "../scripts/hists_plots.py"
 
 
 rule signal_fit:
@@ -85,13 +139,7 @@ rule signal_fit:
         scale_factors="results/fits/scale_factors.json",
     output:
         json="results/fits/{model}/{mode}/signal_strength.json",
-        plots=report(
-            directory("results/fits/{model}/{mode}/plots"),
-            patterns=["{name}.png"],
-            caption="../report/signal_fit.rst",
-            category="Signal-strength fit",
-            subcategory="{model}: {mode}",
-        ),
+        plot_data="results/fits/{model}/{mode}/plot_data.json",
     log:
         "logs/fits/{model}/{mode}.log",
     wildcard_constraints:
@@ -103,9 +151,39 @@ rule signal_fit:
         mem_mb=4000,
         runtime=30,
     params:
-        spec=lambda wc: P.signal_fit(config, wc.model, wc.mode),
+        spec=lambda wc: without_plot_options(P.signal_fit(config, wc.model, wc.mode)),
     script:
         "../scripts/signal_fit.py"
+
+
+rule signal_fit_plots:
+    """Likelihood scan, pre-/post-fit yields and nuisance pulls of one signal-strength fit."""
+    input:
+        json="results/fits/{model}/{mode}/signal_strength.json",
+        plot_data="results/fits/{model}/{mode}/plot_data.json",
+    output:
+        plots=report(
+            directory("results/fits/{model}/{mode}/plots"),
+            patterns=["{name}.png"],
+            caption="../report/signal_fit.rst",
+            category="Signal-strength fit",
+            subcategory="{model}: {mode}",
+        ),
+    log:
+        "logs/fits/{model}/{mode}_plots.log",
+    wildcard_constraints:
+        mode="fixed|constrained|simultaneous",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        styles=PLOT_STYLES,
+        lumi=PLOT_LUMI,
+    script:
+        "../scripts/signal_fit_plots.py"
 
 
 rule workspace:
@@ -126,6 +204,6 @@ rule workspace:
         mem_mb=4000,
         runtime=10,
     params:
-        spec=lambda wc: P.signal_fit(config, wc.model, wc.mode),
+        spec=lambda wc: without_plot_options(P.signal_fit(config, wc.model, wc.mode)),
     script:
         "../scripts/workspace.py"

@@ -1,7 +1,7 @@
 """Resolve best:<scan> when the job runs: copy the chosen point's files (rules best_*)."""
 
-from vhbb import scans
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.evaluation import scans
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

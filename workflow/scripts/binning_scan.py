@@ -1,7 +1,7 @@
 """sigma_mu and significance versus the number of 2D bins (rule binning_scan)."""
 
-from vhbb import binning_scan
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.fit import binning_scan
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]
@@ -10,7 +10,6 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
         dict(zip(smk.params.samples, smk.input.scores, strict=True)),
         smk.input.scale_factors,
         json_path=smk.output.json,
-        plot_path=smk.output.plot,
         spec=smk.params.spec,
     )
 

@@ -1,7 +1,7 @@
 """Cache one ROOT file: derived columns, preselection, regions (rule cache_file)."""
 
-from vhbb import cache
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.data import cache
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

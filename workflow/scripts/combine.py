@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from vhbb import combine
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.fit import combine
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """ROC curves of all evaluated models in one figure (rule compare_roc)."""
 
-from vhbb import eval_plots
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.plots import evaluation as eval_plots
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """Fit diagnostics of one model in one mode (rule diagnostics)."""
 
-from vhbb import diagnostics
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.fit import diagnostics
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]
@@ -10,7 +10,7 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
         smk.input.scale_factors,
         mode=smk.wildcards.mode,
         json_path=smk.output.json,
-        plots_dir=smk.output.plots,
+        plot_data=smk.output.plot_data,
         spec=smk.params.spec,
         workers=smk.threads,
     )

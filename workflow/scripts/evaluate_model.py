@@ -1,7 +1,7 @@
 """Evaluate one model: metrics.json (schema-validated) and the plot data (rule evaluate_model)."""
 
-from vhbb import evaluation
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.evaluation import evaluate as evaluation
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """Per-model evaluation plots from the plot data (rule evaluation_plots)."""
 
-from vhbb import eval_plots
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.plots import evaluation as eval_plots
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

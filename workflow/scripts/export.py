@@ -1,7 +1,7 @@
 """Export the analysis regions to HDF5 (rule export)."""
 
-from vhbb import export
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.data import export
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

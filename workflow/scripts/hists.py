@@ -1,17 +1,17 @@
 """Fill the m_jj x score histograms of one model (rule hists)."""
 
-from vhbb import signal_fit
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.fit import hists
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]
-    signal_fit.run_hists(
+    hists.run_hists(
         dict(zip(smk.params.samples, smk.input.cache, strict=True)),
         dict(zip(smk.params.samples, smk.input.scores, strict=True)),
         h5_path=smk.output.h5,
         root_path=smk.output.root,
         binning_json=smk.output.binning,
-        plots_dir=smk.output.plots,
+        plot_data=smk.output.plot_data,
         spec=smk.params.spec,
     )
 

@@ -1,7 +1,7 @@
-"""Fit the control-region scale factors; write the JSON and the plots (rule scale_factors)."""
+"""Fit the control-region scale factors; write the JSON and the plot data (rule scale_factors)."""
 
-from vhbb import scale_factors
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.fit import scale_factors
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]
@@ -9,11 +9,8 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
     scale_factors.run_scale_factors(
         dict(zip(settings["regions"], smk.input.regions, strict=True)),
         json_path=smk.output.json,
-        yields_dir=smk.output.yields,
-        slices_plot=smk.output.slices,
-        features_dir=smk.output.features,
+        plot_data=smk.output.plot_data,
         spec=smk.params.spec,
-        workers=smk.threads,
     )
 
 

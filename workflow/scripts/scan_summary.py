@@ -1,7 +1,7 @@
 """Summary tables, heatmaps, Pareto plot and best.json of one scan (rule scan_summary)."""
 
-from vhbb import scans
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.evaluation import scans
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

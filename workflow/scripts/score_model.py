@@ -1,7 +1,7 @@
 """Out-of-fold scores of every sample (rule score_model)."""
 
-from vhbb import apply
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.ml import scoring as apply
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

@@ -1,7 +1,7 @@
 """Write one toy ntuple file (rule toy_file)."""
 
-from vhbb import toy
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.data import toy
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

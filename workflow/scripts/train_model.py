@@ -1,7 +1,7 @@
 """Train one model fold (rule train_model)."""
 
-from vhbb import train
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.ml import train
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

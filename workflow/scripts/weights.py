@@ -1,7 +1,7 @@
 """Transform the negative MC weights of one region (rule transform_weights)."""
 
-from vhbb import weights
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.ml import weights
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

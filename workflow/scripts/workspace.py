@@ -1,7 +1,7 @@
 """Export the signal-strength model of one mode as a pyhf workspace (rule workspace)."""
 
-from vhbb import signal_fit
-from vhbb.logs import run_script
+from vhbb.core.logs import run_script
+from vhbb.fit import signal_fit
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]

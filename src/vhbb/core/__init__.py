@@ -1,0 +1,1 @@
+"""Base layer: errors, atomic I/O, logging, provenance, the shared check record."""

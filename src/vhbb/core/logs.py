@@ -1,0 +1,46 @@
+"""Logging set-up shared by every workflow script."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup(log_file: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Send log records to ``log_file`` (if given) and to stderr; return the package logger."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(stream)
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, mode="w")
+        handler.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(handler)
+    return logging.getLogger("vhbb")
+
+
+def run_script(smk, main) -> None:  # type: ignore[no-untyped-def]
+    """Run a workflow script's ``main(snakemake)`` with logging to the rule's log file.
+
+    A :class:`~vhbb.core.errors.VhbbError` (bad input, bad config) ends the job with its one-line
+    message in the log and on stderr, without a Python traceback; other exceptions keep theirs.
+    """
+    from vhbb.core.errors import VhbbError
+
+    log_file = smk.log[0] if len(smk.log) else None
+    logger = setup(log_file)
+    try:
+        main(smk)
+    except VhbbError as exc:
+        logger.error("%s", exc)
+        raise SystemExit(1) from None
+    except Exception:
+        logger.exception("unexpected failure")
+        raise

@@ -1,0 +1,1 @@
+"""Evaluation: model figures, scan summaries and model selection."""

@@ -1,0 +1,229 @@
+"""The 2D-histogram stage of the signal-strength fit (rule ``hists``).
+
+Reads the cached events joined with a model's scores (:func:`vhbb.data.events.read_events`),
+fills the m_jj x score histograms of the signal region and the control regions, merges the
+signal-region bins and writes ``hists.h5``/``hists.root`` (:func:`vhbb.fit.templates.write_hists`)
+and ``binning.json`` (the edges, the merging summary and the yields).  The histogram content,
+edges and merging are documented in :mod:`vhbb.fit.templates`.
+
+The figures (templates, stacked data/MC per region) are drawn by the rule ``hists_plots``
+(:func:`vhbb.fit.figures.run_hists_plots`) from ``hists.h5`` and ``plot_data.h5``: while blinding is
+enabled the signal-region data are not in ``hists.h5``, and the plots show them outside the m_jj
+window only, a window that is a plot option; ``plot_data.h5`` therefore holds the signal-region
+data events (``m_jj`` and ``score`` only, as in the cache and the scores) for those figures.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from vhbb.core.errors import InputError
+from vhbb.core.io import atomic_path, write_json
+from vhbb.core.provenance import provenance
+from vhbb.data.events import read_events
+from vhbb.fit import templates as bn
+from vhbb.fit.templates import RegionHists
+
+log = logging.getLogger(__name__)
+
+PLOT_COLUMNS = ("m_jj", "score")
+
+
+def read_samples(
+    cache_files: Mapping[str, str], score_files: Mapping[str, str], spec: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray] | None]:
+    """MC events per process (samples of one process concatenated) and the data events with
+    their ``fit_half`` flag (``cr_split == 1``); data None without data samples."""
+    from vhbb.data.export import cr_fit_half
+
+    samples, processes = spec["samples"], spec["processes"]
+    fraction = float(spec["cr_data_fit_fraction"])
+    mc_events: dict[str, dict[str, list[np.ndarray]]] = {}
+    data_parts: list[dict[str, np.ndarray]] = []
+    for sample, cache_path in cache_files.items():
+        proc = samples[sample]["process"]
+        is_mc = processes[proc]["role"] != "data"
+        ev = read_events(cache_path, score_files[sample], sample, is_mc)
+        if is_mc:
+            bucket = mc_events.setdefault(proc, {})
+            for k, v in ev.items():
+                bucket.setdefault(k, []).append(v)
+        else:
+            ev["fit_half"] = cr_fit_half(
+                sample, ev["run"], ev["luminosityBlock"], ev["event"], fraction, spec["seed"]
+            )
+            data_parts.append(ev)
+    mc = {p: {k: np.concatenate(v) for k, v in cols.items()} for p, cols in mc_events.items()}
+    for p in mc_processes(spec):
+        if p not in mc:
+            raise InputError(f"no sample provides MC process '{p}'")
+    data = (
+        {k: np.concatenate([d[k] for d in data_parts]) for k in data_parts[0]}
+        if data_parts
+        else None
+    )
+    return mc, data
+
+
+def mc_processes(spec: Mapping[str, Any]) -> list[str]:
+    return [p for p, v in spec["processes"].items() if v["role"] != "data"]
+
+
+def signal_processes(spec: Mapping[str, Any]) -> list[str]:
+    return [p for p in mc_processes(spec) if spec["processes"][p]["role"] == "signal"]
+
+
+def fill_regions(
+    mc: Mapping[str, Mapping[str, np.ndarray]],
+    data: Mapping[str, np.ndarray] | None,
+    *,
+    signal_region: str,
+    control_regions: Sequence[str],
+    mjj_edges: np.ndarray,
+    score_edges: np.ndarray,
+    blinded: bool,
+) -> dict[str, RegionHists]:
+    """Histograms of the signal region (data only when unblinded) and the control regions (the
+    fit half of the data)."""
+
+    def data_columns(select: np.ndarray | None) -> dict[str, np.ndarray] | None:
+        if data is None:
+            return None
+        return {
+            k: data[k] if select is None else data[k][select] for k in ("region", *PLOT_COLUMNS)
+        }
+
+    sr_data = None if blinded else data_columns(None)
+    regions = {
+        signal_region: bn.fill_region(
+            signal_region,
+            mc,
+            mjj_edges=mjj_edges,
+            score_edges=score_edges,
+            data_events=sr_data,
+            data_label="data" if sr_data is not None else "",
+        )
+    }
+    cr_data = None if data is None else data_columns(data["fit_half"])
+    for cr in control_regions:
+        regions[cr] = bn.fill_region(
+            cr,
+            mc,
+            mjj_edges=mjj_edges,
+            score_edges=score_edges,
+            data_events=cr_data,
+            data_label="data, fit half (cr_split == 1)",
+        )
+    return regions
+
+
+def signal_score_edges(
+    mc: Mapping[str, Mapping[str, np.ndarray]],
+    signal: Sequence[str],
+    signal_region: str,
+    score: Mapping[str, Any],
+) -> np.ndarray:
+    """Score edges (``fit.binning.score``) from the signal-region signal MC."""
+    sel = [mc[p]["region"] == signal_region for p in signal]
+    return bn.score_edges(
+        np.concatenate([mc[p]["score"][s] for p, s in zip(signal, sel, strict=True)]),
+        np.concatenate([mc[p]["weight"][s] for p, s in zip(signal, sel, strict=True)]),
+        mode=score["mode"],
+        count=int(score["count"]),
+    )
+
+
+def write_plot_data(
+    path: str, data: Mapping[str, np.ndarray] | None, signal_region: str, blinded: bool
+) -> None:
+    """``plot_data.h5``: the signal-region data events of the blinded figures (see the module
+    docstring); attributes ``has_data`` and ``blinded``."""
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fout:
+        fout.attrs["has_data"] = data is not None
+        fout.attrs["blinded"] = bool(blinded)
+        if blinded and data is not None:
+            sel = data["region"] == signal_region
+            grp = fout.create_group("signal_region_data")
+            for key in PLOT_COLUMNS:
+                grp.create_dataset(key, data=np.asarray(data[key])[sel])
+
+
+def read_plot_data(path: str) -> dict[str, np.ndarray] | None:
+    """The signal-region data events of :func:`write_plot_data` (None when not stored)."""
+    import h5py
+
+    with h5py.File(path, "r") as fin:
+        if "signal_region_data" not in fin:
+            return None
+        return {k: fin["signal_region_data"][k][()] for k in PLOT_COLUMNS}
+
+
+def run_hists(
+    cache_files: Mapping[str, str],
+    score_files: Mapping[str, str],
+    *,
+    h5_path: str,
+    root_path: str,
+    binning_json: str,
+    plot_data: str,
+    spec: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Rule driver: read the events, fill and merge the histograms of one model, write them."""
+    settings = spec["binning"]
+    sr, crs = spec["signal_region"], list(spec["control_regions"])
+    blinded = bool(spec["blinding"]["enabled"])
+    mc, data = read_samples(cache_files, score_files, spec)
+    procs, signal = mc_processes(spec), signal_processes(spec)
+    background = [p for p in procs if p not in signal]
+    mjj_edges = np.asarray(settings["mjj_edges"], dtype=np.float64)
+    s_edges = signal_score_edges(mc, signal, sr, settings["score"])
+    regions = fill_regions(
+        mc,
+        data,
+        signal_region=sr,
+        control_regions=crs,
+        mjj_edges=mjj_edges,
+        score_edges=s_edges,
+        blinded=blinded,
+    )
+    b, b2 = regions[sr].total(background)
+    binning = bn.merge_bins(
+        b,
+        b2,
+        min_background=float(settings["merge"]["min_background"]),
+        min_mc_effective=float(settings["merge"]["min_mc_effective"]),
+    )
+    meta = {
+        "model": spec["model"],
+        "signal_region": sr,
+        "control_regions": crs,
+        "mc_processes": procs,
+        "signal_processes": signal,
+        "cr_data_fit_fraction": float(spec["cr_data_fit_fraction"]),
+        "blinded": blinded,
+        "score_edges_mode": settings["score"]["mode"],
+        "provenance": provenance(dict(spec)),
+    }
+    bn.write_hists(h5_path, root_path, regions, binning, meta)
+    summary = {
+        **meta,
+        "mjj_edges": mjj_edges.tolist(),
+        "score_edges": s_edges.tolist(),
+        "merging": dict(binning.summary),
+        "bin_map": binning.bin_map.tolist(),
+        "yields": {
+            r: {p: float(rh.mc[p]["nominal"][0].sum()) for p in procs}
+            | ({"data": float(rh.data.sum())} if rh.data is not None else {})
+            for r, rh in regions.items()
+        },
+    }
+    write_plot_data(plot_data, data, sr, blinded)
+    write_json(binning_json, summary)
+    log.info("%s: %d -> %d signal-region bins", spec["model"], b.size, binning.n_bins)
+    return summary

@@ -1,0 +1,413 @@
+"""Signal-strength fit on m_jj x score templates (rules signal_fit, workspace; the model also for
+combine and diagnostics).
+
+**Observations per mode** (the signal region is always the Asimov data set at ``mu = 1`` with the
+control-region scale factors of ``results/fits/scale_factors.json`` applied and every nuisance
+at its nominal value; the signal-region data are never used):
+
+* ``fixed``: signal region only; the scale factors are fixed at the control-region values.
+* ``constrained``: signal region only; the scale factors float with a multivariate Gaussian
+  constraint (centre and covariance of the control-region fit).
+* ``simultaneous`` (default): signal region and the control regions (one bin each,
+  ``fit.scale_factors.regions``) fitted together with free scale factors.  Control-region
+  observations are the fit half of the data (``cr_split == 1``) against MC times
+  ``export.cr_data_fit_fraction``, or, with ``fit.control_region_data: false`` (fully blinded),
+  the Asimov yields at the control-region scale factors.
+
+Systematics (``fit.systematics``): Barlow-Beeston-lite MC statistics (``mc_stat``), lnN
+normalisation uncertainties (``lnN``), the JES shape and migration (``jes``); see
+:mod:`vhbb.stats.likelihood` for the likelihood and :mod:`vhbb.fit.workspace` for the pyhf export.
+
+A failed fit raises :class:`~vhbb.stats.minuit.FitError`: the job exits non-zero with the status
+and no result file is left (outputs are written atomically, the JSON last).  The figures (scan,
+pre-/post-fit yields, pulls) are drawn by the rule ``signal_fit_plots``
+(:func:`vhbb.fit.figures.run_signal_fit_plots`) from the JSON and ``plot_data.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vhbb.core.errors import InputError, VhbbError
+from vhbb.core.io import write_json
+from vhbb.core.provenance import provenance
+from vhbb.core.results import ScaleFactors, read_scale_factors
+from vhbb.fit.templates import Binning, RegionHists, read_hists
+from vhbb.stats import likelihood as lk
+
+log = logging.getLogger(__name__)
+
+MODES = ("fixed", "constrained", "simultaneous")
+
+
+# ---------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class FitInput:
+    model: lk.Model
+    observed: np.ndarray
+    observations: Mapping[str, str]  # channel -> what its observations are
+    scale_factors: Mapping[str, float]
+    sf_covariance: np.ndarray | None
+
+
+def lnn_factors(value: float | Sequence[float]) -> tuple[float, float]:
+    """(lo, hi) factors of an lnN entry: ``kappa`` -> (1/kappa, kappa); ``[lo, hi]`` as given."""
+    if isinstance(value, int | float):
+        return 1.0 / float(value), float(value)
+    lo, hi = value
+    return float(lo), float(hi)
+
+
+def lnn_normsys(
+    lnn: Mapping[str, Mapping[str, Any]] | None, processes: Sequence[str]
+) -> dict[str, dict[str, tuple[float, float]]]:
+    """``normsys`` of :func:`vhbb.stats.likelihood.make_model` from ``fit.systematics.lnN``: the
+    entries of ``processes`` (a term acting on none of them is left out)."""
+    normsys = {}
+    for name, per_proc in (lnn or {}).items():
+        entries = {p: lnn_factors(v) for p, v in per_proc.items() if p in processes}
+        if entries:
+            normsys[name] = entries
+    return normsys
+
+
+def _templates(
+    regions: Mapping[str, RegionHists],
+    binning: Binning,
+    meta: Mapping[str, Any],
+    scale_factors: Mapping[str, float],
+    *,
+    control_regions: Sequence[str],
+    fixed_sf: bool,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per process the yields over the channel bins (merged signal-region bins, then one bin per
+    control region, MC times the fit fraction there): nominal, sumw2, JES up and down.  In the
+    ``fixed`` mode the scale-factor processes are scaled by their control-region values."""
+    sr = meta["signal_region"]
+    fraction = float(meta["cr_data_fit_fraction"])
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for p in meta["mc_processes"]:
+        scale = scale_factors[p] if (fixed_sf and p in scale_factors) else 1.0
+        sr_mc = regions[sr].mc[p]
+        parts = {
+            "nominal": [scale * binning.apply(sr_mc["nominal"][0])],
+            "sumw2": [scale**2 * binning.apply(sr_mc["nominal"][1])],
+            "up": [scale * binning.apply(sr_mc["jesUp"][0])],
+            "down": [scale * binning.apply(sr_mc["jesDown"][0])],
+        }
+        for cr in control_regions:
+            cr_mc = regions[cr].mc[p]
+            f = fraction * scale
+            parts["nominal"].append(np.array([f * cr_mc["nominal"][0].sum()]))
+            parts["sumw2"].append(np.array([f * f * cr_mc["nominal"][1].sum()]))
+            parts["up"].append(np.array([f * cr_mc["jesUp"][0].sum()]))
+            parts["down"].append(np.array([f * cr_mc["jesDown"][0].sum()]))
+        out[p] = {k: np.concatenate(v) for k, v in parts.items()}
+    return out
+
+
+def _norm_factors(
+    signal: Sequence[str],
+    sf_procs: Sequence[str],
+    scale_factors: Mapping[str, float],
+    sf_covariance: np.ndarray | None,
+    *,
+    mode: str,
+    poi_bounds: Sequence[float],
+) -> tuple[dict[str, lk.NormFactor], Any, dict[str, float] | None]:
+    """``mu``, the free scale factors (not in ``fixed``) and, in ``constrained``, their Gaussian
+    constraint and the MC-stat scaling of their processes."""
+    lo_mu, hi_mu = poi_bounds
+    norm = {lk.POI: lk.NormFactor(tuple(signal), 1.0, (float(lo_mu), float(hi_mu)))}
+    if mode == "fixed":
+        return norm, None, None
+    for p in sf_procs:
+        norm[f"sf_{p}"] = lk.NormFactor((p,), scale_factors[p], (0.0, 10.0))
+    if mode != "constrained":
+        return norm, None, None
+    if sf_covariance is None:
+        raise InputError("constrained mode needs the scale-factor covariance")
+    gauss = (
+        [f"sf_{p}" for p in sf_procs],
+        np.array([scale_factors[p] for p in sf_procs]),
+        np.asarray(sf_covariance),
+    )
+    return norm, gauss, {p: scale_factors[p] for p in sf_procs}
+
+
+def _observations(
+    model: lk.Model,
+    regions: Mapping[str, RegionHists],
+    sr: str,
+    crs: Sequence[str],
+    *,
+    control_region_data: bool,
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Asimov at the model's initial values (mu = 1, the CR scale factors, nuisances nominal);
+    the control regions' fit-half data instead when ``control_region_data`` and present."""
+    observed = lk.asimov(model, model.init.copy()).copy()
+    observations = {
+        sr: "Asimov at mu = 1, scale factors of the control-region fit, nuisances nominal"
+    }
+    for cr in crs:
+        data = regions[cr].data
+        if control_region_data and data is not None:
+            observed[model.channel(cr).start] = float(data.sum())
+            observations[cr] = (
+                "data, fit half (cr_split == 1); MC times export.cr_data_fit_fraction"
+            )
+        else:
+            observations[cr] = "Asimov at the control-region scale factors (fully blinded)"
+    return observed, observations
+
+
+def build_model(
+    regions: Mapping[str, RegionHists],
+    binning: Binning,
+    meta: Mapping[str, Any],
+    scale_factors: Mapping[str, float],
+    sf_covariance: np.ndarray | None,
+    *,
+    mode: str,
+    spec: Mapping[str, Any],
+) -> FitInput:
+    """The likelihood model and observations of ``mode`` (see the module docstring)."""
+    if mode not in MODES:
+        raise VhbbError(f"unknown fit mode '{mode}' (choose {', '.join(MODES)})")
+    sr = meta["signal_region"]
+    procs = list(meta["mc_processes"])
+    signal = list(meta["signal_processes"])
+    if not signal:
+        raise VhbbError("no process has role 'signal': there is no signal strength to fit")
+    syst = spec["systematics"]
+    sf_procs = [p for p in scale_factors if p in procs]
+    crs = list(meta["control_regions"]) if mode == "simultaneous" else []
+    yields = _templates(
+        regions,
+        binning,
+        meta,
+        {p: scale_factors[p] for p in sf_procs},
+        control_regions=crs,
+        fixed_sf=mode == "fixed",
+    )
+    norm, gauss, stat_scale = _norm_factors(
+        signal, sf_procs, scale_factors, sf_covariance, mode=mode, poi_bounds=spec["poi_bounds"]
+    )
+    model = lk.make_model(
+        {sr: binning.n_bins, **{cr: 1 for cr in crs}},
+        {p: y["nominal"] for p, y in yields.items()},
+        sumw2={p: y["sumw2"] for p, y in yields.items()},
+        norm_factors=norm,
+        histosys={"jes": {p: (y["up"], y["down"]) for p, y in yields.items()}}
+        if syst["jes"]
+        else None,
+        normsys=lnn_normsys(syst.get("lnN"), procs),
+        stat=syst["mc_stat"]["method"] if syst["mc_stat"]["enabled"] else None,
+        gauss=gauss,
+        stat_scale=stat_scale,
+        meta={"mode": mode, "signal_region": sr, "control_regions": crs},
+    )
+    observed, observations = _observations(
+        model, regions, sr, crs, control_region_data=spec["control_region_data"]
+    )
+    sr_ch = model.channel(sr)
+    sig_rows = [model.processes.index(p) for p in signal]
+    if np.sum(model.nominal[sig_rows, sr_ch.start : sr_ch.stop]) <= 0:
+        raise lk.FitError(f"no signal yield in {sr}: the signal strength cannot be fitted")
+    return FitInput(model, observed, observations, dict(scale_factors), sf_covariance)
+
+
+# ---------------------------------------------------------------------------- the fit
+def nuisance_summary(model: lk.Model, best: lk.FitResult) -> dict[str, dict[str, Any]]:
+    """Value, error, pre-fit centre and width, pull and constraint of every free nuisance."""
+    nuisances: dict[str, Any] = {}
+    for i, name in enumerate(model.names):
+        if name == model.poi or model.fixed[i]:
+            continue
+        value, error = float(best.values[i]), float(best.errors[i])
+        if name.startswith("sf_"):
+            centre = float(model.init[i])
+            prefit = None
+            if model.gauss_index is not None and i in model.gauss_index:
+                g = list(model.gauss_index).index(i)
+                prefit = math.sqrt(float(model.gauss_cov[g, g]))  # type: ignore[index]
+        elif name.startswith("gamma_"):
+            b = list(model.gamma_index).index(i)  # type: ignore[arg-type]
+            centre, prefit = 1.0, float(model.stat_sigma[b])  # type: ignore[index]
+        else:
+            centre, prefit = 0.0, 1.0
+        nuisances[name] = {
+            "value": value,
+            "error": error,
+            "prefit_centre": centre,
+            "prefit_error": prefit,
+            "pull": None if prefit is None else (value - centre) / prefit,
+            "constraint": None if prefit is None else error / prefit,
+        }
+    return nuisances
+
+
+def correlation_with_poi(model: lk.Model, best: lk.FitResult) -> dict[str, float]:
+    cov = best.covariance
+    i_mu = model.index(model.poi)
+    return {
+        name: float(cov[i_mu, i] / math.sqrt(cov[i_mu, i_mu] * cov[i, i]))
+        for i, name in enumerate(model.names)
+        if i != i_mu and not model.fixed[i] and cov[i, i] > 0
+    }
+
+
+def fit_signal_strength(
+    inp: FitInput, *, scan_points: int = 31, label: str = "fit"
+) -> dict[str, Any]:
+    """ML fit + HESSE + MINOS on mu, q0 significance, pulls and a likelihood scan.
+
+    The best fit itself is under ``"_best"`` (not written to the JSON)."""
+    model, n = inp.model, inp.observed
+    best = lk.fit(model, n, minos=[model.poi], label=label, tolerance=0.01)
+    q0, z = lk.discovery_significance(model, n, best)
+    lo, hi = best.minos[model.poi]
+    mu_hat = best.value(model.poi)
+    span = 2.5 * max(-lo, hi)
+    points = np.linspace(mu_hat - span, mu_hat + span, scan_points)
+    values = lk.scan(model, n, best, points)
+    return {
+        "mu": mu_hat,
+        "mu_err_up": hi,
+        "mu_err_down": -lo,
+        "mu_hesse_err": best.error(model.poi),
+        "significance": z,
+        "q0": q0,
+        "nll": best.nll,
+        "nuisances": nuisance_summary(model, best),
+        "correlation_with_mu": correlation_with_poi(model, best),
+        "status": best.status.as_dict(),
+        "scan": {"mu": points.tolist(), "minus_2_delta_lnl": values.tolist()},
+        "_best": best,
+    }
+
+
+def fit_plot_data(inp: FitInput, best: lk.FitResult) -> dict[str, Any]:
+    """What the pre- and post-fit figures draw: expected yields per process at the initial and
+    the fitted values, the MC-stat variance per bin and the observations (channel bins)."""
+    model = inp.model
+    yields = {
+        stage: dict(zip(model.processes, lk.expected_by_process(model, x), strict=True))
+        for stage, x in (("prefit", model.init), ("postfit", best.values))
+    }
+    return {
+        "processes": list(model.processes),
+        **yields,
+        "mc_sumw2": model.sumw2.sum(axis=0),
+        "observed": inp.observed,
+        "channels": {ch.name: [ch.start, ch.stop] for ch in model.channels},
+    }
+
+
+# ---------------------------------------------------------------------------- rule drivers
+@dataclass(frozen=True)
+class FitStage:
+    """What the rules of one fit mode read: the histograms and the scale-factor fit, and the
+    model built from them."""
+
+    fit: FitInput
+    regions: Mapping[str, RegionHists]
+    binning: Binning
+    meta: Mapping[str, Any]
+    scale_factors: ScaleFactors
+
+
+def read_fit_stage(
+    hists_path: str, sf_path: str, *, mode: str, spec: Mapping[str, Any]
+) -> FitStage:
+    """Read ``hists.h5`` and ``scale_factors.json`` and build the model of ``mode``."""
+    regions, binning, meta = read_hists(hists_path)
+    sf = read_scale_factors(sf_path)
+    inp = build_model(regions, binning, meta, sf.values, sf.covariance, mode=mode, spec=spec)
+    return FitStage(inp, regions, binning, meta, sf)
+
+
+def run_signal_fit(
+    hists_path: str,
+    sf_path: str,
+    *,
+    mode: str,
+    json_path: str,
+    plot_data: str,
+    spec: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Rule driver: build, fit, write the yields the plot rule draws and the JSON (last;
+    nothing is written on failure)."""
+    stage = read_fit_stage(hists_path, sf_path, mode=mode, spec=spec)
+    inp, meta = stage.fit, stage.meta
+    label = f"{meta['model']} {mode} fit"
+    result = fit_signal_strength(inp, label=label)
+    best = result.pop("_best")
+    log.info(
+        "%s: mu = %.4f +%.4f -%.4f, Z = %.3f (%s)",
+        label,
+        result["mu"],
+        result["mu_err_up"],
+        result["mu_err_down"],
+        result["significance"],
+        "valid" if best.status.valid else "INVALID",
+    )
+    model = inp.model
+    doc = {
+        "model": meta["model"],
+        "mode": mode,
+        **{
+            k: result[k]
+            for k in ("mu", "mu_err_up", "mu_err_down", "mu_hesse_err", "significance", "q0")
+        },
+        "observations": dict(inp.observations),
+        "scale_factors_input": dict(inp.scale_factors),
+        "systematics": spec["systematics"],
+        "n_bins": {ch.name: ch.n_bins for ch in model.channels},
+        "parameters": list(model.names),
+        **{k: result[k] for k in ("nuisances", "correlation_with_mu", "status", "scan", "nll")},
+        "method": {
+            "likelihood": "binned Poisson in m_jj x score (unrolled, merged), HistFactory "
+            "modifiers (vhbb.stats.likelihood)",
+            "minimiser": "iminuit MIGRAD + HESSE (analytic Hessian) + MINOS on mu; errordef 0.5",
+            "significance": "sqrt(q0), q0 = 2 [nll(mu=0) - nll(mu-hat)] on the observations",
+        },
+        "provenance": provenance(dict(spec)),
+    }
+    write_json(plot_data, fit_plot_data(inp, best))
+    write_json(json_path, doc)
+    return doc
+
+
+def write_workspace(inp: FitInput, path: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The pyhf workspace of a built model (observations = the data used in the fit)."""
+    from vhbb.fit.workspace import eigen_parameters, to_workspace
+
+    ws = to_workspace(
+        inp.model,
+        inp.observed,
+        metadata={
+            "model": meta["model"],
+            "mode": inp.model.meta.get("mode"),
+            "observations": dict(inp.observations),
+            "unrolling": "signal region: merged m_jj x score bins (vhbb.fit.templates); "
+            "control regions: one bin each",
+            "constrained_scale_factors": eigen_parameters(inp.model),
+        },
+    )
+    write_json(path, ws)
+    return ws
+
+
+def run_workspace(
+    hists_path: str, sf_path: str, *, mode: str, path: str, spec: Mapping[str, Any]
+) -> dict:
+    """Rule driver of the pyhf export of ``mode``."""
+    stage = read_fit_stage(hists_path, sf_path, mode=mode, spec=spec)
+    return write_workspace(stage.fit, path, stage.meta)

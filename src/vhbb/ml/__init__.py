@@ -1,0 +1,3 @@
+"""Machine learning: networks, the training engine, training methods and driver, weight
+transformation, scoring.
+"""

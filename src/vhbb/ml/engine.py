@@ -1,0 +1,314 @@
+"""The shared training engine: one loop for every network of the workflow.
+
+The weight-transformation network and every classifier method (:mod:`vhbb.ml.methods`) are
+*configurations* of this loop, not copies of it (the engine knows no method by name):
+
+* data live on the device as tensors (a dict of equal-length tensors per dataset); a batch is an
+  index slice of a per-epoch permutation drawn from a seeded ``torch.Generator`` (no per-sample
+  ``DataLoader``);
+* a training is a list of :class:`Phase` objects (epochs, learning rate per network); each phase
+  runs a list of :class:`Step` objects per iteration: which optimiser steps, on which objective,
+  from which dataset, how often (``repeats``, ``every``) — an adversary trained k times per
+  classifier step, or a domain branch every 6th label step, are just steps;
+* an objective returns named loss terms (``total`` is minimised); term means are accumulated on
+  the device and read once per epoch, non-finite flags likewise (no host sync per step);
+* checkpoints every N epochs (atomic, with the RNG states) and resume after an interruption give
+  the same model as an uninterrupted run on CPU; a non-finite loss stops the training with the
+  epoch and the term named, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vhbb.core.errors import VhbbError
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+Objective = Callable[[Mapping[str, Any], Batch], dict[str, Any]]
+
+
+class TrainingError(VhbbError):
+    """A training cannot continue (non-finite loss, empty dataset)."""
+
+
+@dataclass
+class Step:
+    """One optimiser update on one objective, drawn from one dataset."""
+
+    network: str  # key of the optimisers dict: whose parameters this step updates
+    objective: Objective
+    dataset: str = "train"
+    repeats: int = 1  # consecutive updates per iteration (e.g. adversary steps)
+    every: int = 1  # run on iterations i with i % every == 0 (e.g. a domain branch 1:6)
+    name: str = ""
+
+
+@dataclass
+class Phase:
+    name: str
+    epochs: int
+    steps: list[Step]
+    lr: dict[str, float] = field(default_factory=dict)  # per network; missing: unchanged
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "stopped": self.stopped}
+
+
+def resolve_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def make_optimizer(params, kind: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):  # type: ignore[no-untyped-def]
+    """SGD / Adam / RMSProp with a tensor learning rate (safe to change between steps)."""
+    import torch
+
+    fused = {"fused": True} if any(p.is_cuda for p in params) else {}
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **fused)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
+    if kind == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    raise VhbbError(f"unknown optimiser '{kind}' (use adam, sgd or rmsprop)")
+
+
+class _Sampler:
+    """Index batches of one dataset: a fresh seeded permutation each pass."""
+
+    def __init__(self, n: int, batch_size: int, generator, device) -> None:  # type: ignore[no-untyped-def]
+        self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
+        self.perm = None
+        self.pos = n
+
+    def next(self):  # type: ignore[no-untyped-def]
+        import torch
+
+        if self.pos >= self.n:
+            self.perm = torch.randperm(self.n, generator=self.generator).to(self.device)
+            self.pos = 0
+        idx = self.perm[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+    def state(self) -> dict[str, Any]:
+        return {"perm": None if self.perm is None else self.perm.cpu(), "pos": self.pos}
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.perm = None if state["perm"] is None else state["perm"].to(self.device)
+        self.pos = state["pos"]
+
+
+@dataclass
+class _State:
+    """Everything a checkpoint holds: networks, optimisers, RNGs, samplers, history."""
+
+    networks: Mapping[str, Any]
+    optimizers: Mapping[str, Any]
+    generator: Any
+    samplers: Mapping[str, _Sampler]
+    history: History
+
+    def restore(self, ckpt: Path, device: Any) -> int:
+        """Load ``ckpt``; return the epoch it was written after."""
+        import torch
+
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        for k, net in self.networks.items():
+            net.load_state_dict(state["networks"][k])
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        for d, s in state["samplers"].items():
+            self.samplers[d].load(s)
+        self.history.epochs = state["history"]
+        log.info("resumed from %s at epoch %d", ckpt, state["epoch"])
+        return int(state["epoch"])
+
+    def save(self, ckpt: Path, epoch: int) -> None:
+        """Write the state after ``epoch`` atomically to ``ckpt``."""
+        import torch
+
+        from vhbb.core.io import atomic_path
+
+        state = {
+            "networks": {k: n.state_dict() for k, n in self.networks.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "samplers": {d: s.state() for d, s in self.samplers.items()},
+            "history": self.history.epochs,
+            "epoch": epoch,
+        }
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(ckpt) as tmp:
+            torch.save(state, tmp)
+
+
+def _set_learning_rates(
+    optimizers: Mapping[str, Any],
+    phase: Phase,
+    epoch_in_phase: int,
+    lr_decay: Mapping[str, Any] | None,
+) -> None:
+    for net_name, lr in phase.lr.items():
+        factor = 1.0
+        if lr_decay and lr_decay.get("every"):
+            factor = lr_decay["factor"] ** (epoch_in_phase // lr_decay["every"])
+        for group in optimizers[net_name].param_groups:
+            group["lr"] = lr * factor
+
+
+def _run_epoch(
+    phase: Phase,
+    n_iter: int,
+    networks: Mapping[str, Any],
+    optimizers: Mapping[str, Any],
+    datasets: Mapping[str, Mapping[str, Any]],
+    samplers: Mapping[str, _Sampler],
+) -> tuple[dict[str, float], list[str]]:
+    """One epoch of ``phase``: the term means (``{step}/{term}``) and the non-finite terms.
+
+    Term sums and non-finite flags stay on the device; they are read once, at the end.
+    """
+    import torch
+
+    sums: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    bad: dict[str, Any] = {}
+    for it in range(n_iter):
+        for step in phase.steps:
+            if it % step.every:
+                continue
+            for _ in range(step.repeats):
+                idx = samplers[step.dataset].next()
+                batch = {k: v[idx] for k, v in datasets[step.dataset].items()}
+                terms = step.objective(networks, batch)
+                opt = optimizers[step.network]
+                opt.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                opt.step()
+                prefix = step.name or step.network
+                for term, value in terms.items():
+                    key = f"{prefix}/{term}"
+                    v = value.detach()
+                    sums[key] = sums.get(key, 0.0) + v
+                    counts[key] = counts.get(key, 0) + 1
+                    flag = ~torch.isfinite(v)
+                    bad[key] = flag if key not in bad else (bad[key] | flag)
+    # one host sync per epoch
+    nonfinite = [k for k, f in bad.items() if bool(f)]
+    return {k: float(s) / counts[k] for k, s in sums.items()}, nonfinite
+
+
+def _log_epoch(entry: Mapping[str, Any], total_epochs: int) -> None:
+    log.info(
+        "epoch %d/%d [%s] %s (%.1f s)",
+        entry["epoch"],
+        total_epochs,
+        entry["phase"],
+        " ".join(
+            f"{k}={v:.4g}" for k, v in entry.items() if isinstance(v, float) and k != "seconds"
+        ),
+        entry["seconds"],
+    )
+
+
+def train(
+    networks: Mapping[str, Any],
+    optimizers: Mapping[str, Any],
+    datasets: Mapping[str, Mapping[str, Any]],
+    phases: list[Phase],
+    *,
+    batch_size: Mapping[str, int] | int,
+    seed: int,
+    validate: Callable[[], dict[str, Any]] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1,
+    lr_decay: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> History:
+    """Run ``phases`` on ``networks``; return the per-epoch history.
+
+    ``datasets``: name -> dict of device tensors of equal length.  ``batch_size``: one value or a
+    per-dataset mapping.  ``validate`` is called after every epoch (networks in eval mode) and
+    its dict is stored in the history.  ``lr_decay``: ``{"every": E, "factor": f}`` multiplies
+    every learning rate by f every E epochs within a phase.
+    """
+    import torch
+    from tqdm import tqdm
+
+    sizes = {name: len(next(iter(d.values()))) for name, d in datasets.items()}
+    for name, n in sizes.items():
+        if n == 0:
+            raise TrainingError(f"dataset '{name}' is empty: nothing to train on")
+    device = next(iter(next(iter(datasets.values())).values())).device
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    bs = (lambda d: batch_size) if isinstance(batch_size, int) else (lambda d: batch_size[d])
+    samplers = {d: _Sampler(n, bs(d), generator, device) for d, n in sizes.items()}
+    history = History()
+    state = _State(networks, optimizers, generator, samplers, history)
+    ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+    start_epoch = state.restore(ckpt, device) if ckpt is not None and ckpt.exists() else 0
+    total_epochs = sum(p.epochs for p in phases)
+    epoch = 0
+    bar = tqdm(
+        total=total_epochs, initial=start_epoch, desc="epochs", disable=not progress, mininterval=5
+    )
+    for phase in phases:
+        for epoch_in_phase in range(phase.epochs):
+            epoch += 1
+            if epoch <= start_epoch:
+                continue
+            t0 = time.perf_counter()
+            _set_learning_rates(optimizers, phase, epoch_in_phase, lr_decay)
+            for net in networks.values():
+                net.train()
+            main = phase.steps[0].dataset
+            n_iter = max(1, math.ceil(sizes[main] / bs(main)))
+            means, nonfinite = _run_epoch(phase, n_iter, networks, optimizers, datasets, samplers)
+            entry: dict[str, Any] = {"epoch": epoch, "phase": phase.name, **means}
+            if nonfinite:
+                history.stopped = (
+                    f"non-finite loss at epoch {epoch} in term(s) {', '.join(nonfinite)}"
+                )
+                history.epochs.append(entry)
+                bar.close()
+                raise TrainingError(
+                    f"training stopped: non-finite loss at epoch {epoch} (phase '{phase.name}') "
+                    f"in term(s) {', '.join(nonfinite)}; the last good checkpoint is kept"
+                    + (f" in {ckpt}" if ckpt else "")
+                    + ". Lower the learning rate or check the inputs for extreme values."
+                )
+            if validate is not None:
+                for net in networks.values():
+                    net.eval()
+                with torch.no_grad():
+                    entry.update(validate())
+            entry["seconds"] = time.perf_counter() - t0
+            history.epochs.append(entry)
+            _log_epoch(entry, total_epochs)
+            bar.update(1)
+            if ckpt is not None and (epoch % checkpoint_every == 0):
+                state.save(ckpt, epoch)
+    bar.close()
+    return history

@@ -1,0 +1,178 @@
+"""Torch networks: the one dense-network builder, the classifier (standardisation inside),
+adversary heads, gradient reversal, and the one batched prediction of every network."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def mlp(n_in: int, layers: Sequence[int], dropout: float = 0.0) -> tuple[nn.Sequential, int]:
+    """Dense ReLU layers; returns the body and its output width.
+
+    The only builder of dense layers in :mod:`vhbb.ml` (classifier, heads, weight network): the
+    layers are created in order, so a seeded torch RNG gives the same initial weights.
+    """
+    mods: list[nn.Module] = []
+    width = n_in
+    for n in layers:
+        mods += [nn.Linear(width, int(n)), nn.ReLU()]
+        if dropout > 0:
+            mods.append(nn.Dropout(dropout))
+        width = int(n)
+    return nn.Sequential(*mods), width
+
+
+def dense(n_in: int, layers: Sequence[int], n_out: int = 1) -> nn.Sequential:
+    """``n_in -> layers... -> n_out``: :func:`mlp` followed by a linear output layer, flat."""
+    body, width = mlp(n_in, layers)
+    return nn.Sequential(*body, nn.Linear(width, n_out))
+
+
+def predict(
+    net: nn.Module,
+    x: Any,
+    *,
+    batch_size: int = 65536,
+    sigmoid: bool = False,
+    device: Any = None,
+) -> np.ndarray:
+    """Outputs of ``net`` on the rows of ``x`` (array or tensor), one float64 value a row.
+
+    In batches of ``batch_size`` rows, eval mode, no gradients; ``sigmoid``: the probability
+    of a logit network (computed in float32, as the network).  ``device``: where a batch of an
+    array goes (default CPU; a tensor stays where it is).
+    """
+    net.eval()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)
+            out = net(xb).reshape(-1)
+            if sigmoid:
+                out = torch.sigmoid(out)
+            parts.append(out.double().cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+class Classifier(nn.Module):
+    """Takes raw features in export order; selects the model's inputs and standardises them
+    inside the network (so the ONNX graph needs no external preprocessing); returns a logit."""
+
+    def __init__(
+        self,
+        n_export_features: int,
+        used: Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        layers: Sequence[int],
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("used", torch.as_tensor(list(used), dtype=torch.long))
+        self.register_buffer("mean", torch.as_tensor([mean[i] for i in used], dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor([std[i] for i in used], dtype=torch.float32))
+        self.n_export_features = n_export_features
+        self.body, width = mlp(len(used), layers, dropout)
+        self.head = nn.Linear(width, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x.index_select(1, self.used) - self.mean) / self.std
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(-1)
+
+
+class Probability(nn.Module):
+    """Classifier + sigmoid: the exported scoring function."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.classifier(x))
+
+
+class _Head(nn.Module):
+    """A dense body and a linear output layer (``body``, ``out``): the base of the heads."""
+
+    def __init__(self, n_in: int, layers: Sequence[int], n_out: int) -> None:
+        super().__init__()
+        self.body, width = mlp(n_in, layers)
+        self.out = nn.Linear(width, n_out)
+
+    def raw(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(inputs))
+
+
+class GaussianMixtureHead(_Head):
+    """Adversary: p(m | score[, pT]) as a mixture of K Gaussians; loss = weighted NLL."""
+
+    def __init__(self, n_in: int, layers: Sequence[int], components: int) -> None:
+        super().__init__(n_in, layers, 3 * components)
+        self.k = components
+
+    def loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        h = self.raw(inputs)
+        logit, mu, log_sigma = h.split(self.k, dim=-1)
+        log_sigma = log_sigma.clamp(-5.0, 3.0)
+        z = (target.unsqueeze(-1) - mu) * torch.exp(-log_sigma)
+        log_n = -0.5 * z * z - log_sigma - 0.5 * math.log(2 * math.pi)
+        log_p = torch.logsumexp(torch.log_softmax(logit, dim=-1) + log_n, dim=-1)
+        return -(weight * log_p).sum() / weight.sum().clamp_min(1e-12)
+
+
+class RegressionHead(_Head):
+    """Adversary: mean-squared-error regression of m (earlier CMS VH(bb) studies)."""
+
+    def __init__(self, n_in: int, layers: Sequence[int]) -> None:
+        super().__init__(n_in, layers, 1)
+
+    def loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        pred = self.raw(inputs).squeeze(-1)
+        return (weight * (pred - target) ** 2).sum() / weight.sum().clamp_min(1e-12)
+
+
+class BinaryHead(_Head):
+    """A discriminator (domain head, systematic adversary): weighted BCE on a logit."""
+
+    def __init__(self, n_in: int, layers: Sequence[int]) -> None:
+        super().__init__(n_in, layers, 1)
+
+    def logit(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.raw(inputs).squeeze(-1)
+
+    def loss(
+        self, inputs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        bce = nn.functional.binary_cross_entropy_with_logits(
+            self.logit(inputs), target, reduction="none"
+        )
+        return (weight * bce).sum() / weight.sum().clamp_min(1e-12)
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale):  # type: ignore[no-untyped-def]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[no-untyped-def]
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity forward, gradient multiplied by ``-scale`` backward (Ganin & Lempitsky)."""
+    return _GradReverse.apply(x, scale)

@@ -1,0 +1,1 @@
+"""Plots: style and per-stage figures, from computed results only."""

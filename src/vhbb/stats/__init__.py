@@ -1,0 +1,3 @@
+"""Statistics layer: estimators, DisCo, histograms, significance, Minuit wrapper, the likelihood
+core.
+"""

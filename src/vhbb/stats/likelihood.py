@@ -1,0 +1,851 @@
+"""Binned Poisson likelihood of the signal-strength fit: HistFactory semantics, analytic gradients.
+
+The expected yield of process ``p`` in bin ``b`` (bins of every channel concatenated) is::
+
+    nu_pb = (m_pb + sum_h delta_hpb(a_h)) * prod_k x_k^[k scales p] * prod_j f_jp(alpha_j) * gamma_b
+
+exactly as pyhf builds it (additive shape modifiers first, then multiplicative ones):
+
+* ``x_k`` are normalisation factors (the signal strength ``mu``, the scale factors ``sf_<p>``);
+* ``delta_hpb(a) = a * (up_hpb - m_pb)`` for ``a >= 0`` and ``a * (m_pb - down_hpb)`` otherwise
+  (pyhf ``histosys`` interpolation code 0, piecewise linear), with a unit-Gaussian constraint;
+* ``f_jp(alpha) = hi_jp**alpha`` for ``alpha >= 0``, ``lo_jp**(-alpha)`` otherwise (pyhf
+  ``normsys`` code 1, exponential: a log-normal uncertainty), with a unit-Gaussian constraint;
+* ``gamma_b`` is the Barlow-Beeston-lite MC-statistics factor of bin ``b`` (one per bin, shared by
+  every process, pyhf ``staterror``): a Gaussian constraint of width ``sigma_b = sqrt(sum_p w2_pb)
+  / sum_p m_pb``.  It is either profiled **analytically** bin by bin (the default: the minimum of
+  ``gamma t - n ln(gamma t) + (gamma - 1)^2 / (2 sigma^2)`` is the positive root of a quadratic)
+  or kept as explicit parameters ``gamma_<b>`` (pulls, and the pyhf-like parametrisation).
+
+Optionally a group of normalisation factors carries a multivariate Gaussian constraint
+``(x - c)^T C^-1 (x - c) / 2`` (the scale factors of the ``constrained`` mode).
+
+``nll(x) = sum_b [nu_b - n_b + n_b ln(n_b / nu_b)] + constraints`` (zero for a perfect fit of a
+bin), minimised with iminuit (``errordef = 0.5``) using the analytic gradient.  Profiling gamma
+analytically is exact: the profile likelihood has the same minimum, the same HESSE errors (the
+Schur complement) and the same MINOS intervals as the fit with explicit gamma parameters.
+
+Everything here is a pure function of a frozen :class:`Model` and an observation vector.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from vhbb.stats import minuit as mn
+from vhbb.stats.minuit import FitError, FitStatus
+from vhbb.stats.significance import asimov_significance
+
+log = logging.getLogger(__name__)
+
+TINY = 1e-300
+POI = "mu"
+
+
+@dataclass(frozen=True)
+class Channel:
+    name: str
+    start: int
+    stop: int
+
+    @property
+    def n_bins(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class Model:
+    """A binned likelihood: yields, modifiers and parameters (see the module docstring).
+
+    Shapes: ``P`` processes, ``B`` bins (all channels), ``H`` histosys, ``J`` normsys, ``K``
+    normalisation factors.  Parameters are addressed by position in ``names``.
+    """
+
+    names: tuple[str, ...]
+    init: np.ndarray  # (N,)
+    bounds: tuple[tuple[float | None, float | None], ...]
+    fixed: tuple[bool, ...]
+    processes: tuple[str, ...]
+    channels: tuple[Channel, ...]
+    nominal: np.ndarray  # (P, B) >= 0
+    sumw2: np.ndarray  # (P, B) MC statistical variance (for staterror)
+    norm_index: np.ndarray  # (K,) parameter index of each normalisation factor
+    norm_mask: np.ndarray  # (K, P) bool: factor k scales process p
+    histo_index: np.ndarray  # (H,) parameter index of each histosys
+    histo_up: np.ndarray  # (H, P, B) up - nominal
+    histo_down: np.ndarray  # (H, P, B) nominal - down
+    normsys_index: np.ndarray  # (J,)
+    normsys_log_hi: np.ndarray  # (J, P) ln(hi)
+    normsys_log_lo: np.ndarray  # (J, P) ln(lo)
+    stat_sigma: np.ndarray | None  # (B,) relative MC-stat uncertainty; None: no staterror
+    stat_mode: str = "profile"  # "profile" or "parameters"
+    gamma_index: np.ndarray | None = None  # (B,) parameter index per bin (-1: none)
+    gauss_index: np.ndarray | None = None  # (G,) constrained normalisation factors
+    gauss_center: np.ndarray | None = None  # (G,)
+    gauss_inv_cov: np.ndarray | None = None  # (G, G)
+    gauss_cov: np.ndarray | None = None  # (G, G)
+    poi: str = POI
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_bins(self) -> int:
+        return int(self.nominal.shape[1])
+
+    @property
+    def n_params(self) -> int:
+        return len(self.names)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+    def with_fixed(self, values: Mapping[str, float]) -> Model:
+        """The same model with parameters fixed at ``values``."""
+        init = self.init.copy()
+        fixed = list(self.fixed)
+        for name, value in values.items():
+            i = self.index(name)
+            init[i], fixed[i] = value, True
+        return replace(self, init=init, fixed=tuple(fixed))
+
+    def channel(self, name: str) -> Channel:
+        for ch in self.channels:
+            if ch.name == name:
+                return ch
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------- evaluation
+def _factors(model: Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-process multiplicative factor, its normfactor part and the normsys exponents' slopes."""
+    n_proc = len(model.processes)
+    norm = np.ones(n_proc)
+    for k, i in enumerate(model.norm_index):
+        norm = np.where(model.norm_mask[k], norm * x[i], norm)
+    if len(model.normsys_index):
+        alpha = x[model.normsys_index]
+        slope = np.where(alpha[:, None] >= 0, model.normsys_log_hi, -model.normsys_log_lo)
+        lognorm = np.exp(alpha @ slope)
+    else:
+        slope = np.zeros((0, n_proc))
+        lognorm = np.ones(n_proc)
+    return norm * lognorm, lognorm, slope
+
+
+def _shape_terms(model: Model, x: np.ndarray) -> list[np.ndarray]:
+    """The (P, B) shift array used by each histosys at ``x`` (up or down side)."""
+    out = []
+    for h, i in enumerate(model.histo_index):
+        out.append(model.histo_up[h] if x[i] >= 0 else model.histo_down[h])
+    return out
+
+
+def expected_by_process(model: Model, x: np.ndarray) -> np.ndarray:
+    """(P, B) expected yields at ``x`` (gamma profiled at 1 unless explicit parameters)."""
+    x = np.asarray(x, dtype=np.float64)
+    fac, _, _ = _factors(model, x)
+    m_eff = model.nominal.copy()
+    for i, shift in zip(model.histo_index, _shape_terms(model, x), strict=True):
+        m_eff += x[i] * shift
+    nu = fac[:, None] * m_eff
+    if model.stat_sigma is not None and model.stat_mode == "parameters":
+        nu = nu * _gamma_params(model, x)[None, :]
+    return nu
+
+
+def _gamma_params(model: Model, x: np.ndarray) -> np.ndarray:
+    gidx = model.gamma_index
+    assert gidx is not None
+    return np.where(gidx >= 0, x[np.maximum(gidx, 0)], 1.0)
+
+
+def profiled_gamma(t: np.ndarray, n: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Per-bin minimum over gamma of ``gamma t - n ln(gamma t) + (gamma - 1)^2 / (2 sigma^2)``.
+
+    The positive root of ``gamma^2 + gamma (t s2 - 1) - n s2 = 0`` (``s2 = sigma^2``), written
+    without cancellation; bins with ``sigma = 0`` have ``gamma = 1``.
+    """
+    s2 = sigma * sigma
+    a = t * s2 - 1.0
+    disc = np.sqrt(a * a + 4.0 * n * s2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        big = np.where(a > 0, 2.0 * n * s2 / (a + disc), 0.5 * (disc - a))
+    return np.where(s2 > 0, big, 1.0)
+
+
+class Likelihood:
+    """``nll(x)``, its analytic gradient and Hessian for one model and one observation vector.
+
+    Per bin the nll is ``phi_b(t_b)`` with ``t_b`` the total expected yield before gamma (with
+    gamma profiled: ``phi(t) = min_gamma [...]``, ``phi' = gamma-hat - n/t`` by the envelope
+    theorem, ``phi'' = n/t^2 - 1/(n/gamma-hat^2 + 1/sigma^2)``).  ``t`` is linear in the shifts
+    and a product of normalisation and normsys factors per process, so every derivative is a
+    few (P, B) matrix-vector products.
+    """
+
+    def __init__(self, model: Model, observed: np.ndarray) -> None:
+        self.model = model
+        n = np.asarray(observed, dtype=np.float64)
+        if n.shape != (model.n_bins,):
+            raise ValueError(f"observations have shape {n.shape}, model has {model.n_bins} bins")
+        if np.any(n < 0) or not np.all(np.isfinite(n)):
+            raise FitError("observations must be finite and non-negative")
+        self.n = n
+        pos = n > 0
+        self._const = float(np.sum(n[pos] * np.log(n[pos]) - n[pos]))
+        self.ncall = 0
+        sigma = model.stat_sigma
+        self._sigma = None if sigma is None else np.asarray(sigma, dtype=np.float64)
+        self._profile = sigma is not None and model.stat_mode == "profile"
+        self._params = sigma is not None and model.stat_mode == "parameters"
+        if self._params:
+            gidx = model.gamma_index
+            assert gidx is not None
+            self._gmask = gidx >= 0
+            self._gidx = gidx[self._gmask]
+            self._gsig2 = self._sigma[self._gmask] ** 2  # type: ignore[index]
+        # parameters acting through the per-process factor: normfactors then normsys
+        self._fac_index = np.concatenate([model.norm_index, model.normsys_index]).astype(int)
+        self._n_k, self._n_j = len(model.norm_index), len(model.normsys_index)
+        self._maskf = model.norm_mask.astype(np.float64)
+        self._ones = np.ones(len(model.processes))
+        self._no_slope = np.zeros((0, len(model.processes)))
+        if self._sigma is not None:
+            s2 = self._sigma**2
+            self._half_inv_s2 = np.divide(0.5, s2, out=np.zeros_like(s2), where=s2 > 0)
+
+    # -- per-process factors and their derivatives
+    def _fac_derivs(
+        self, x: np.ndarray, second: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``fac`` (P,), ``d fac / d theta`` (F, P) and optionally the second derivatives."""
+        model = self.model
+        n_k, n_j = self._n_k, self._n_j
+        if n_j:
+            alpha = x[model.normsys_index]
+            slope = np.where(alpha[:, None] >= 0, model.normsys_log_hi, -model.normsys_log_lo)
+            lognorm = np.exp(alpha @ slope)
+        else:
+            slope = self._no_slope
+            lognorm = self._ones
+        d1 = np.empty((n_k + n_j, len(lognorm)))
+        if n_k:
+            terms = 1.0 + self._maskf * (x[model.norm_index][:, None] - 1.0)  # (K, P)
+            # product over the other factors: prefix x suffix cumulative products
+            excl = np.ones_like(terms)
+            if n_k > 1:
+                excl[1:] = np.cumprod(terms[:-1], axis=0)
+                excl[:-1] *= np.cumprod(terms[:0:-1], axis=0)[::-1]
+            fac = terms[0] * excl[0] * lognorm
+            d1[:n_k] = self._maskf * excl * lognorm
+        else:
+            fac = lognorm
+        if n_j:
+            d1[n_k:] = fac * slope
+        if not second:
+            return fac, d1, None
+        d2 = np.zeros((n_k + n_j, n_k + n_j, len(lognorm)))
+        for k in range(n_k):
+            for k2 in range(k + 1, n_k):
+                rest = np.prod(np.delete(terms, [k, k2], axis=0), axis=0)
+                both = self._maskf[k] * self._maskf[k2]
+                d2[k, k2] = d2[k2, k] = both * rest * lognorm
+            d2[k, n_k:] = d1[k] * slope
+            d2[n_k:, k] = d2[k, n_k:]
+        d2[n_k:, n_k:] = fac * slope[:, None, :] * slope[None, :, :]
+        return fac, d1, d2
+
+    def _core(self, x: np.ndarray, second: bool) -> dict[str, Any]:
+        model = self.model
+        fac, d1, d2 = self._fac_derivs(x, second)
+        shifts = _shape_terms(model, x)
+        t = fac @ model.nominal
+        for i, shift in zip(model.histo_index, shifts, strict=True):
+            if x[i] != 0.0:
+                t = t + x[i] * (fac @ shift)
+        t = np.maximum(t, TINY)
+        return {"fac": fac, "d1": d1, "d2": d2, "shifts": shifts, "t": t}
+
+    def _apply_eff(self, x: np.ndarray, shifts: list[np.ndarray], v: np.ndarray) -> np.ndarray:
+        """``m_eff @ v`` without building ``m_eff = nominal + sum_h a_h shift_h``."""
+        out = self.model.nominal @ v
+        for i, shift in zip(self.model.histo_index, shifts, strict=True):
+            if x[i] != 0.0:
+                out = out + x[i] * (shift @ v)
+        return out
+
+    def _phi(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
+        """Sum over bins of phi, phi' (B,) and gamma (profiled or parameters; else None)."""
+        n = self.n
+        if self._profile:
+            sig = self._sigma
+            assert sig is not None
+            gamma = profiled_gamma(t, n, sig)
+            nu = np.maximum(gamma * t, TINY)
+            pen = (gamma - 1.0) ** 2 * self._half_inv_s2
+            value = float(np.sum(nu - n * np.log(nu)) + np.sum(pen))
+            return value, gamma - n / t, gamma
+        if self._params:
+            gamma = np.ones(len(t))
+            gamma[self._gmask] = x[self._gidx]
+            nu = np.maximum(gamma * t, TINY)
+            dg = gamma[self._gmask] - 1.0
+            value = float(np.sum(nu - n * np.log(nu)) + np.sum(dg * dg / (2.0 * self._gsig2)))
+            return value, gamma - n / t, gamma
+        return float(np.sum(t - n * np.log(t))), 1.0 - n / t, None
+
+    def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        self.ncall += 1
+        model = self.model
+        c = self._core(x, second=False)
+        value, r, gamma = self._phi(x, c["t"])
+        value += self._const  # saturated model: nll = 0 for nu = n
+        grad = np.zeros(len(x))
+        g_eff = self._apply_eff(x, c["shifts"], r)  # (P,)
+        grad[self._fac_index] += c["d1"] @ g_eff
+        for i, shift in zip(model.histo_index, c["shifts"], strict=True):
+            grad[i] += float(c["fac"] @ (shift @ r)) + x[i]
+            value += 0.5 * x[i] * x[i]
+        if len(model.normsys_index):
+            a = x[model.normsys_index]
+            grad[model.normsys_index] += a
+            value += 0.5 * float(a @ a)
+        if self._params:
+            n, t = self.n, c["t"]
+            assert gamma is not None
+            dg = (gamma[self._gmask] - 1.0) / self._gsig2
+            grad[self._gidx] = (t - n / np.maximum(gamma, TINY))[self._gmask] + dg
+        if model.gauss_index is not None:
+            d = x[model.gauss_index] - model.gauss_center
+            w = model.gauss_inv_cov @ d  # type: ignore[operator]
+            value += 0.5 * float(d @ w)
+            grad[model.gauss_index] += w
+        return value, grad
+
+    def __call__(self, x: np.ndarray) -> float:
+        return self.value_and_grad(x)[0]
+
+    def grad(self, x: np.ndarray) -> np.ndarray:
+        return self.value_and_grad(x)[1]
+
+    def _data_curv(self, t: np.ndarray) -> np.ndarray:
+        """``n / t^2`` (0 for empty bins; no overflow for a vanishing prediction)."""
+        return np.where(self.n > 0, self.n / np.maximum(t, 1e-150) ** 2, 0.0)
+
+    def hessian(self, x: np.ndarray) -> np.ndarray:
+        """Exact Hessian (the side of each histosys kink that ``x`` is on; ``a = 0``: up)."""
+        x = np.asarray(x, dtype=np.float64)
+        model, n = self.model, self.n
+        c = self._core(x, second=True)
+        t, fac = c["t"], c["fac"]
+        _, r, gamma = self._phi(x, t)
+        n_par = len(x)
+        jac = np.zeros((n_par, len(t)))
+        jac_fac = c["d1"] @ model.nominal
+        for i, shift in zip(model.histo_index, c["shifts"], strict=True):
+            if x[i] != 0.0:
+                jac_fac += x[i] * (c["d1"] @ shift)
+        jac[self._fac_index] = jac_fac
+        for i, shift in zip(model.histo_index, c["shifts"], strict=True):
+            jac[i] = fac @ shift
+        if self._profile:
+            sig = self._sigma
+            assert sig is not None and gamma is not None
+            with np.errstate(divide="ignore", invalid="ignore"):
+                inv = np.where(
+                    sig > 0, 1.0 / (n / np.maximum(gamma, TINY) ** 2 + 1.0 / sig**2), 0.0
+                )
+            curv = self._data_curv(t) - inv
+        else:
+            curv = self._data_curv(t)
+        hess = (jac * curv) @ jac.T
+        g_eff = self._apply_eff(x, c["shifts"], r)
+        fi = self._fac_index
+        hess[np.ix_(fi, fi)] += c["d2"] @ g_eff
+        for i, shift in zip(model.histo_index, c["shifts"], strict=True):
+            cross = c["d1"] @ (shift @ r)
+            hess[fi, i] += cross
+            hess[i, fi] += cross
+            hess[i, i] += 1.0
+        if len(model.normsys_index):
+            hess[model.normsys_index, model.normsys_index] += 1.0
+        if self._params:
+            assert gamma is not None
+            g = self._gidx
+            hess[g, g] = (n / gamma**2)[self._gmask] + 1.0 / self._gsig2
+            hess[:, g] += jac[:, self._gmask]
+            hess[g, :] += jac[:, self._gmask].T
+        if model.gauss_index is not None:
+            hess[np.ix_(model.gauss_index, model.gauss_index)] += model.gauss_inv_cov
+        return hess
+
+
+def asimov(model: Model, x: np.ndarray | None = None) -> np.ndarray:
+    """Expected total yield per bin at ``x`` (default: the model's initial values)."""
+    x = model.init if x is None else np.asarray(x, dtype=np.float64)
+    return expected_by_process(model, x).sum(axis=0)
+
+
+# ---------------------------------------------------------------------------- fitting
+@dataclass(frozen=True)
+class FitResult:
+    names: tuple[str, ...]
+    values: np.ndarray
+    errors: np.ndarray
+    covariance: np.ndarray  # over the free parameters, in names order (fixed rows are 0)
+    nll: float
+    status: FitStatus
+    minos: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def value(self, name: str) -> float:
+        return float(self.values[self.names.index(name)])
+
+    def error(self, name: str) -> float:
+        return float(self.errors[self.names.index(name)])
+
+
+def _minuit(
+    lik: Likelihood, model: Model, tolerance: float, strategy: int
+) -> tuple[Any, np.ndarray]:
+    """Minuit over the free parameters only, and their indices in ``model.names``.
+
+    Fixed parameters are not handed to Minuit (see the comment below).
+    """
+    idx = np.flatnonzero(~np.asarray(model.fixed, dtype=bool))
+    base = model.init.astype(np.float64)
+    cache: dict[str, Any] = {"x": None}
+
+    def full(xf: np.ndarray) -> np.ndarray:
+        x = base.copy()
+        x[idx] = xf
+        return x
+
+    def fcn(xf: np.ndarray) -> float:
+        value, grad = lik.value_and_grad(full(xf))
+        cache["x"], cache["g"] = np.array(xf, copy=True), grad[idx]
+        return value
+
+    def grad(xf: np.ndarray) -> np.ndarray:
+        if cache["x"] is not None and np.array_equal(cache["x"], xf):
+            return cache["g"]
+        return lik.grad(full(xf))[idx]
+
+    def hessian(xf: np.ndarray) -> np.ndarray:
+        return lik.hessian(full(xf))[np.ix_(idx, idx)]
+
+    def g2(xf: np.ndarray) -> np.ndarray:
+        return np.diag(hessian(xf))
+
+    # No analytic Hessian for Minuit: iminuit 2.33 mis-handles it with fixed parameters (wrong
+    # covariance sub-block) and at parameter limits (EDM of a converged fit ~ 70).  G2 (its
+    # diagonal) is given: with an analytic gradient MIGRAD calls G2 when it meets a negative second
+    # derivative and fails without it ("'NoneType' object is not callable").  HESSE differentiates
+    # the analytic gradient numerically.
+    m = mn.make_minuit(
+        fcn,
+        base[idx],
+        names=[model.names[i] for i in idx],
+        grad=grad,
+        g2=g2,
+        errors=[_step(model, i) for i in idx],
+        limits=[model.bounds[i] for i in idx],
+        tolerance=tolerance,
+        strategy=strategy,
+    )
+    return m, idx
+
+
+def _step(model: Model, i: int) -> float:
+    """Minuit's initial step of parameter ``i``: 0.1 (POI 0.2), at most a tenth of its range."""
+    lo, hi = model.bounds[i]
+    step = 0.1 if model.names[i] != model.poi else 0.2
+    if lo is not None and hi is not None:
+        step = min(step, 0.1 * (hi - lo))
+    return step
+
+
+def fit(
+    model: Model,
+    observed: np.ndarray,
+    *,
+    hesse: bool = True,
+    minos: Sequence[str] = (),
+    tolerance: float = 0.1,
+    strategy: int = 1,
+    label: str = "fit",
+    require_valid: bool = True,
+) -> FitResult:
+    """Maximum-likelihood fit (MIGRAD, then HESSE and MINOS on ``minos``; :mod:`vhbb.stats.minuit`).
+
+    Raises :class:`FitError` naming the status when MIGRAD, HESSE or MINOS fails (unless
+    ``require_valid`` is false, then the status is returned).
+    """
+    lik = Likelihood(model, observed)
+    m, free = _minuit(lik, model, tolerance, strategy)
+    mn.migrad(m, label, require_valid=require_valid)
+    if hesse:
+        mn.hesse(m, label, require_valid=require_valid)
+    minos_out: dict[str, tuple[float, float]] = {}
+    minos_valid: bool | None = None
+    if minos:
+        minos_out, minos_valid = mn.minos(m, minos, label, require_valid=require_valid)
+    values = model.init.astype(np.float64).copy()
+    values[free] = np.array(m.values, dtype=np.float64)
+    errors = np.zeros(model.n_params)
+    errors[free] = np.array(m.errors, dtype=np.float64)
+    cov = np.zeros((model.n_params, model.n_params))
+    free_cov = mn.covariance(m)
+    cov[np.ix_(free, free)] = np.nan if free_cov is None else free_cov
+    return FitResult(
+        names=model.names,
+        values=values,
+        errors=errors,
+        covariance=cov,
+        nll=float(m.fmin.fval),
+        status=FitStatus.from_fmin(m.fmin, minos_valid),
+        minos=minos_out,
+    )
+
+
+def profile_nll(
+    model: Model,
+    observed: np.ndarray,
+    poi_value: float,
+    *,
+    start: Any = None,
+    require_valid: bool = True,
+    tolerance: float = 0.001,
+) -> float:
+    """Minimum of the nll with the POI fixed at ``poi_value`` (nuisances profiled).
+
+    The default tolerance is 100 times tighter than the fit's: q0 and the scan are differences of
+    two minima, and the code-0 kink of a histosys at 0 makes Minuit's EDM optimistic.
+    """
+    fixed = model.with_fixed({model.poi: poi_value})
+    if start is not None:
+        init = np.asarray(start, dtype=np.float64).copy()
+        init[model.index(model.poi)] = poi_value
+        fixed = replace(fixed, init=init)
+    free = [i for i, f in enumerate(fixed.fixed) if not f]
+    if not free:
+        return Likelihood(fixed, observed)(fixed.init)
+    label = f"{model.poi} = {poi_value:g}"
+    res = fit(
+        fixed, observed, hesse=False, label=label, require_valid=require_valid, tolerance=tolerance
+    )
+    return res.nll if (res.status.valid or require_valid) else float("nan")
+
+
+def discovery_significance(
+    model: Model, observed: np.ndarray, best: FitResult
+) -> tuple[float, float]:
+    """``(q0, Z)``: ``q0 = 2 [nll(mu = 0) - nll(mu-hat)]`` for ``mu-hat > 0`` (else 0)."""
+    mu_hat = best.value(model.poi)
+    if mu_hat <= 0:
+        return 0.0, 0.0
+    nll0 = profile_nll(model, observed, 0.0, start=best.values)
+    q0 = max(2.0 * (nll0 - best.nll), 0.0)
+    return q0, math.sqrt(q0)
+
+
+def scan(model: Model, observed: np.ndarray, best: FitResult, points: np.ndarray) -> np.ndarray:
+    """``-2 Delta ln L`` of the profile likelihood at each POI value (NaN where a fit fails)."""
+    out = np.empty(len(points))
+    for j, value in enumerate(points):
+        nll = profile_nll(model, observed, float(value), start=best.values, require_valid=False)
+        out[j] = 2.0 * (nll - best.nll)
+    n_bad = int(np.isnan(out).sum())
+    if n_bad:
+        log.warning("likelihood scan: %d of %d points did not converge", n_bad, len(out))
+    return np.where(np.isnan(out), np.nan, np.maximum(out, 0.0))
+
+
+def closed_form_asimov_z(signal: np.ndarray, background: np.ndarray) -> float:
+    """Median discovery significance of a counting experiment per bin (no nuisances).
+
+    :func:`vhbb.stats.significance.asimov_significance`, with its edge rule: a bin with signal
+    but no positive background raises, bins without signal add nothing.
+    """
+    return asimov_significance(signal, background)
+
+
+# ---------------------------------------------------------------------------- construction
+@dataclass(frozen=True)
+class NormFactor:
+    """A free normalisation factor scaling ``processes`` (bounds are Minuit limits)."""
+
+    processes: tuple[str, ...]
+    init: float = 1.0
+    bounds: tuple[float, float] = (0.0, 10.0)
+
+
+class _Parameters:
+    """The parameter list of a model under construction (names, initial values, bounds)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.init: list[float] = []
+        self.bounds: list[tuple[float | None, float | None]] = []
+
+    def add(self, name: str, value: float, bound: tuple[float | None, float | None]) -> int:
+        if name in self.names:
+            raise ValueError(f"parameter '{name}' defined twice")
+        self.names.append(name)
+        self.init.append(float(value))
+        self.bounds.append(bound)
+        return len(self.names) - 1
+
+
+def _yields(values: np.ndarray, n_bins: int, what: str) -> np.ndarray:
+    """A per-bin yield array of shape ``(n_bins,)``; negative and non-finite entries set to 0."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.shape != (n_bins,):
+        raise ValueError(f"{what}: shape {a.shape}, expected ({n_bins},)")
+    return np.where(np.isfinite(a) & (a > 0), a, 0.0)
+
+
+def _norm_terms(
+    params: _Parameters, norm_factors: Mapping[str, NormFactor], processes: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    idx, mask = [], []
+    for name, nf in norm_factors.items():
+        unknown = [p for p in nf.processes if p not in processes]
+        if unknown:
+            raise ValueError(f"normfactor {name}: unknown processes {unknown}")
+        idx.append(params.add(name, nf.init, (float(nf.bounds[0]), float(nf.bounds[1]))))
+        mask.append([p in nf.processes for p in processes])
+    return {
+        "norm_index": np.array(idx, dtype=np.int64),
+        "norm_mask": np.array(mask, dtype=bool).reshape(len(idx), len(processes)),
+    }
+
+
+def _histosys_terms(
+    params: _Parameters,
+    histosys: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    processes: tuple[str, ...],
+    nom: np.ndarray,
+) -> dict[str, np.ndarray]:
+    idx, ups, downs = [], [], []
+    for name, per_proc in histosys.items():
+        idx.append(params.add(name, 0.0, (-5.0, 5.0)))
+        up, dn = np.zeros_like(nom), np.zeros_like(nom)
+        for p, (u, d) in per_proc.items():
+            j = processes.index(p)
+            up[j] = _yields(u, nom.shape[1], f"{name}.up[{p}]") - nom[j]
+            dn[j] = nom[j] - _yields(d, nom.shape[1], f"{name}.down[{p}]")
+        ups.append(up)
+        downs.append(dn)
+    return {
+        "histo_index": np.array(idx, dtype=np.int64),
+        "histo_up": np.array(ups).reshape(len(idx), *nom.shape),
+        "histo_down": np.array(downs).reshape(len(idx), *nom.shape),
+    }
+
+
+def _normsys_terms(
+    params: _Parameters,
+    normsys: Mapping[str, Mapping[str, tuple[float, float]]],
+    processes: tuple[str, ...],
+) -> dict[str, np.ndarray]:
+    idx, log_hi, log_lo = [], [], []
+    for name, per_proc in normsys.items():
+        idx.append(params.add(name, 0.0, (-5.0, 5.0)))
+        hi, lo = np.zeros(len(processes)), np.zeros(len(processes))
+        for p, (lo_f, hi_f) in per_proc.items():
+            if lo_f <= 0 or hi_f <= 0:
+                raise ValueError(f"normsys {name}[{p}]: factors must be > 0, got {lo_f}, {hi_f}")
+            j = processes.index(p)
+            hi[j], lo[j] = math.log(hi_f), math.log(lo_f)
+        log_hi.append(hi)
+        log_lo.append(lo)
+    return {
+        "normsys_index": np.array(idx, dtype=np.int64),
+        "normsys_log_hi": np.array(log_hi).reshape(len(idx), len(processes)),
+        "normsys_log_lo": np.array(log_lo).reshape(len(idx), len(processes)),
+    }
+
+
+def _stat_terms(
+    params: _Parameters,
+    stat: str | None,
+    chans: Sequence[Channel],
+    processes: tuple[str, ...],
+    nom: np.ndarray,
+    w2: np.ndarray,
+    stat_scale: Mapping[str, float] | None,
+) -> dict[str, Any]:
+    """Relative MC-stat uncertainty per bin and, for ``"parameters"``, one gamma per bin."""
+    if stat is None:
+        return {"stat_sigma": None, "stat_mode": "profile", "gamma_index": None}
+    if stat not in ("profile", "parameters"):
+        raise ValueError(f"stat must be None, 'profile' or 'parameters', got {stat!r}")
+    scl = np.array([(stat_scale or {}).get(p, 1.0) for p in processes])
+    total = scl @ nom
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = np.where(total > 0, np.sqrt((scl**2) @ w2) / total, 0.0)
+    gamma_index = None
+    if stat == "parameters":
+        gamma_index = np.full(nom.shape[1], -1, dtype=np.int64)
+        for ch in chans:
+            for b in range(ch.start, ch.stop):
+                if sigma[b] > 0:
+                    name = f"gamma_{ch.name}_{b - ch.start}"
+                    gamma_index[b] = params.add(name, 1.0, (1e-10, 10.0))
+    return {"stat_sigma": sigma, "stat_mode": stat, "gamma_index": gamma_index}
+
+
+def _gauss_terms(
+    params: _Parameters, gauss: tuple[Sequence[str], np.ndarray, np.ndarray] | None
+) -> dict[str, np.ndarray | None]:
+    if gauss is None:
+        return {"gauss_index": None, "gauss_center": None, "gauss_inv_cov": None, "gauss_cov": None}
+    g_names, center, cov = gauss
+    g_cov = np.asarray(cov, dtype=np.float64)
+    return {
+        "gauss_index": np.array([params.names.index(n) for n in g_names], dtype=np.int64),
+        "gauss_center": np.asarray(center, dtype=np.float64),
+        "gauss_inv_cov": np.linalg.inv(g_cov),
+        "gauss_cov": g_cov,
+    }
+
+
+def make_model(
+    channels: Mapping[str, int],
+    nominal: Mapping[str, np.ndarray],
+    *,
+    sumw2: Mapping[str, np.ndarray] | None = None,
+    norm_factors: Mapping[str, NormFactor] | None = None,
+    histosys: Mapping[str, Mapping[str, tuple[np.ndarray, np.ndarray]]] | None = None,
+    normsys: Mapping[str, Mapping[str, tuple[float, float]]] | None = None,
+    stat: str | None = None,
+    gauss: tuple[Sequence[str], np.ndarray, np.ndarray] | None = None,
+    stat_scale: Mapping[str, float] | None = None,
+    poi: str = POI,
+    meta: Mapping[str, Any] | None = None,
+) -> Model:
+    """Assemble a :class:`Model` from per-process arrays over the concatenated channel bins.
+
+    ``histosys[name][process] = (up, down)`` are the varied yields; ``normsys[name][process] =
+    (lo, hi)`` the factors at -1 / +1 sigma; ``stat`` is None, ``"profile"`` or
+    ``"parameters"``; ``gauss = (factor names, centre, covariance)`` constrains normalisation
+    factors.  ``stat_scale[process]`` scales yields and uncertainties when computing the relative
+    MC-stat uncertainty (the workspace export scales those processes' nominals the same way).
+    Negative yields (negative weights) are set to 0, as pyhf cannot model them.  Parameters are
+    ordered: normalisation factors, histosys, normsys, then the per-bin gammas.
+    """
+    processes = tuple(nominal)
+    n_bins = int(sum(channels.values()))
+    chans, start = [], 0
+    for name, size in channels.items():
+        chans.append(Channel(name, start, start + int(size)))
+        start += int(size)
+    nom = np.stack([_yields(nominal[p], n_bins, f"nominal[{p}]") for p in processes])
+    w2 = (
+        np.stack([_yields(sumw2[p], n_bins, f"sumw2[{p}]") for p in processes])
+        if sumw2 is not None
+        else np.zeros_like(nom)
+    )
+    params = _Parameters()
+    terms: dict[str, Any] = {
+        **_norm_terms(params, dict(norm_factors or {}), processes),
+        **_histosys_terms(params, dict(histosys or {}), processes, nom),
+        **_normsys_terms(params, dict(normsys or {}), processes),
+        **_stat_terms(params, stat, chans, processes, nom, w2, stat_scale),
+        **_gauss_terms(params, gauss),
+    }
+    return Model(
+        names=tuple(params.names),
+        init=np.array(params.init, dtype=np.float64),
+        bounds=tuple(params.bounds),
+        fixed=tuple(False for _ in params.names),
+        processes=processes,
+        channels=tuple(chans),
+        nominal=nom,
+        sumw2=w2,
+        poi=poi,
+        meta=dict(meta or {}),
+        **terms,
+    )
+
+
+def toy_model(
+    n_mjj: int,
+    n_score: int,
+    *,
+    n_cr: int = 3,
+    stat: str | None = None,
+    jes: bool = True,
+    lnn: bool = True,
+    seed: int = 1,
+) -> tuple[Model, np.ndarray]:
+    """A synthetic SR (``n_mjj x n_score``) + ``n_cr`` one-bin CR model and its Asimov data.
+
+    Used by the tests and the benchmark: a Gaussian m_jj peak of signal (ZH) and VZ on falling
+    backgrounds, signal rising with the score; three scale-factor processes, lnN on the others.
+    """
+    rng = np.random.default_rng(seed)
+    mjj = (np.arange(n_mjj) + 0.5) / n_mjj * 200 + 50
+    score = (np.arange(n_score) + 0.5) / n_score
+    mm, ss = np.meshgrid(mjj, score, indexing="ij")
+    peak = np.exp(-0.5 * ((mm - 125) / 12) ** 2)
+    vz_peak = np.exp(-0.5 * ((mm - 91) / 10) ** 2)
+    shapes = {
+        "ZH": 3.0 * peak * np.exp(3 * ss),
+        "VZ": 6.0 * vz_peak * np.exp(2 * ss),
+        "TT": 60.0 * np.exp(-mm / 150) * np.exp(-2 * ss),
+        "Zhf": 80.0 * np.exp(-mm / 80) * np.exp(-1.5 * ss),
+        "Zlf": 120.0 * np.exp(-mm / 60) * np.exp(-4 * ss),
+        "others": 15.0 * np.exp(-mm / 100) * np.exp(-ss),
+    }
+    scale = 900.0 / (n_mjj * n_score)
+    sr = {p: (v * scale).ravel() for p, v in shapes.items()}
+    cr_frac = {
+        "ZH": [0.001, 0.002, 0.0005],
+        "VZ": [0.01, 0.02, 0.01],
+        "TT": [2.0, 0.3, 0.2],
+        "Zhf": [0.2, 1.5, 0.4],
+        "Zlf": [0.1, 0.4, 6.0],
+        "others": [0.2, 0.2, 0.3],
+    }
+    channels = {"SR": n_mjj * n_score}
+    for c in range(n_cr):
+        channels[f"CR{c}"] = 1
+    nominal = {
+        p: np.concatenate([sr[p], [cr_frac[p][c % 3] * sr[p].sum() for c in range(n_cr)]])
+        for p in shapes
+    }
+    sumw2 = {p: v * rng.uniform(0.02, 0.3, len(v)) for p, v in nominal.items()}
+    histosys = None
+    if jes:
+        # a smooth, symmetric shift (m_jj scale): no kink of code 0 at a = 0
+        slope = np.concatenate([((mm - 150) / 100).ravel(), np.full(n_cr, 0.2)])
+        histosys = {
+            "jes": {p: (v * (1 + 0.03 * slope), v * (1 - 0.03 * slope)) for p, v in nominal.items()}
+        }
+    normsys = None
+    if lnn:
+        normsys = {
+            "lumi": {p: (1 / 1.025, 1.025) for p in ("ZH", "VZ", "others")},
+            "xs_VZ": {"VZ": (1 / 1.1, 1.1)},
+            "xs_others": {"others": (1 / 1.15, 1.15)},
+        }
+    sf0 = {"TT": 1.08, "Zhf": 1.22, "Zlf": 0.91}
+    norm_factors = {"mu": NormFactor(("ZH",), 1.0, (-20.0, 20.0))}
+    norm_factors |= {f"sf_{p}": NormFactor((p,), v, (0.0, 10.0)) for p, v in sf0.items()}
+    model = make_model(
+        channels,
+        nominal,
+        sumw2=sumw2,
+        norm_factors=norm_factors,
+        histosys=histosys,
+        normsys=normsys,
+        stat=stat,
+    )
+    return model, asimov(model)

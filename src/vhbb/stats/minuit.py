@@ -1,0 +1,157 @@
+"""The one iminuit wrapper: Minuit set-up, MIGRAD / HESSE / MINOS with their checks, the fit error,
+the status record and its text.
+
+Both likelihood fits of the package run through it: the control-region scale-factor fit
+(:mod:`vhbb.fit.scale_factors`) and the binned HistFactory likelihood
+(:mod:`vhbb.stats.likelihood`).  The settings (start values, step sizes, limits, tolerance,
+strategy) are the caller's; the ``errordef`` is always 0.5 (the functions minimised are negative
+log-likelihoods).
+
+**Checks.** MIGRAD must end with a valid minimum (an invalid one is retried once with strategy 2
+when the strategy was below 2); HESSE must give an accurate, positive-definite covariance; every
+MINOS interval must be valid.  A failed check raises :class:`FitError` with the ``label`` of the
+fit and :func:`status_text` (or, for a caller that accepts unusable fits, is only recorded in
+the :class:`FitStatus`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vhbb.core.errors import VhbbError
+
+log = logging.getLogger(__name__)
+
+
+class FitError(VhbbError):
+    """A fit is impossible (unidentifiable), did not converge or its result is unusable."""
+
+
+@dataclass(frozen=True)
+class FitStatus:
+    """Minuit's verdict on one fit (``minos_valid`` is None when MINOS was not run)."""
+
+    valid: bool
+    covariance_accurate: bool
+    covariance_posdef: bool
+    edm: float
+    nfcn: int
+    minos_valid: bool | None = None
+
+    @classmethod
+    def from_fmin(cls, fmin: Any, minos_valid: bool | None = None) -> FitStatus:
+        return cls(
+            valid=bool(fmin.is_valid),
+            covariance_accurate=bool(fmin.has_accurate_covar),
+            covariance_posdef=bool(fmin.has_posdef_covar),
+            edm=float(fmin.edm),
+            nfcn=int(fmin.nfcn),
+            minos_valid=minos_valid,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The status block of the result JSON files."""
+        return {
+            "valid": self.valid,
+            "covariance_accurate": self.covariance_accurate,
+            "covariance_posdef": self.covariance_posdef,
+            "edm": self.edm,
+            "nfcn": self.nfcn,
+            "minos_valid": self.minos_valid,
+        }
+
+
+def status_text(fmin: Any) -> str:
+    """One line naming every flag of a Minuit function minimum (for :class:`FitError`)."""
+    return (
+        f"valid={fmin.is_valid}, edm={fmin.edm:.3g}, above_max_edm={fmin.is_above_max_edm}, "
+        f"call_limit={fmin.has_reached_call_limit}, covariance_accurate="
+        f"{fmin.has_accurate_covar}, covariance_posdef={fmin.has_posdef_covar}, "
+        f"parameters_at_limit={fmin.has_parameters_at_limit}"
+    )
+
+
+def make_minuit(
+    fcn: Callable[[np.ndarray], float],
+    start: np.ndarray,
+    *,
+    names: Sequence[str],
+    grad: Callable[[np.ndarray], np.ndarray],
+    errors: Sequence[float],
+    limits: Sequence[tuple[float | None, float | None]],
+    tolerance: float,
+    strategy: int = 1,
+    g2: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Any:
+    """A Minuit minimiser of the negative log-likelihood ``fcn`` (``errordef = 0.5``)."""
+    from iminuit import Minuit
+
+    m = Minuit(fcn, start, grad=grad, g2=g2, name=list(names))
+    m.errordef = Minuit.LIKELIHOOD
+    m.tol = tolerance
+    m.strategy = strategy
+    m.limits = list(limits)
+    m.errors = list(errors)
+    return m
+
+
+def migrad(m: Any, label: str, *, require_valid: bool = True) -> Any:
+    """MIGRAD, retried once with strategy 2 when the minimum is invalid; the function minimum.
+
+    Raises :class:`FitError` when the minimum stays invalid (unless ``require_valid`` is false).
+    """
+    m.migrad()
+    if not m.fmin.is_valid and m.strategy.strategy < 2:
+        log.warning("%s: MIGRAD invalid (edm %.3g); retrying with strategy 2", label, m.fmin.edm)
+        m.strategy = 2
+        m.migrad()
+    if not m.fmin.is_valid and require_valid:
+        raise FitError(f"{label}: MIGRAD did not converge ({status_text(m.fmin)})")
+    return m.fmin
+
+
+def check_hesse(fmin: Any, label: str) -> None:
+    """Raise :class:`FitError` unless the minimum is valid with an accurate, posdef covariance."""
+    if not (fmin.is_valid and fmin.has_accurate_covar and fmin.has_posdef_covar):
+        raise FitError(f"{label}: HESSE failed ({status_text(fmin)})")
+
+
+def hesse(m: Any, label: str, *, require_valid: bool = True) -> Any:
+    """HESSE, checked with :func:`check_hesse` (unless ``require_valid`` is false)."""
+    m.hesse()
+    if require_valid:
+        check_hesse(m.fmin, label)
+    return m.fmin
+
+
+def minos(
+    m: Any, names: Sequence[str], label: str, *, require_valid: bool = True
+) -> tuple[dict[str, tuple[float, float]], bool]:
+    """MINOS intervals ``(lower <= 0, upper >= 0)`` of ``names`` and whether all are valid.
+
+    Raises :class:`FitError` naming every failed interval (unless ``require_valid`` is false).
+    """
+    m.minos(*names)
+    intervals: dict[str, tuple[float, float]] = {}
+    bad = []
+    for name in names:
+        me = m.merrors[name]
+        intervals[name] = (float(me.lower), float(me.upper))
+        if not me.is_valid:
+            bad.append(
+                f"{name} (lower_valid={me.lower_valid}, upper_valid={me.upper_valid}, "
+                f"at_lower_limit={me.at_lower_limit}, at_upper_limit={me.at_upper_limit})"
+            )
+    if bad and require_valid:
+        raise FitError(f"{label}: MINOS failed for {', '.join(bad)}")
+    return intervals, not bad
+
+
+def covariance(m: Any) -> np.ndarray | None:
+    """The covariance matrix of the free parameters (None before HESSE or MIGRAD's estimate)."""
+    return None if m.covariance is None else np.array(m.covariance, dtype=np.float64)
