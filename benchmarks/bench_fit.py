@@ -2,7 +2,8 @@
 
 Both fit the same model (``vhbb.stats.likelihood.toy_model``: an n x n m_jj x score signal region
 and three one-bin control regions with free scale factors, lnN and JES) exported with
-``vhbb.fit.workspace.to_workspace``: one ML fit + HESSE from the same initial values, the same
+``vhbb.fit.workspace.to_workspace``: one ML fit + covariance (here the inverse analytic Hessian,
+pyhf Minuit's HESSE) from the same initial values, the same
 Minuit tolerance (0.1, pyhf's default), in one process.  Goals: >= 10x faster than pyhf (numpy
 backend) without MC-statistics terms, >= 1000x with per-bin MC-stat terms (pyhf: one staterror
 parameter per bin; here analytically profiled, which gives the same numbers).  The fitted mu and

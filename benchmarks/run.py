@@ -21,6 +21,7 @@ BENCHMARKS = {
     "train": "bench_train",  # engine events/s (none, disco, adversarial) vs a DataLoader loop
     "weights": "bench_weights",  # weight-network training rate; formulation comparison (toy)
     "fit": "bench_fit",  # signal-strength fit (analytic gradients) vs pyhf, same model/tolerance
+    "limits": "bench_limits",  # CLs upper limits (q-tilde, asymptotic) vs pyhf's upper_limit
     "evaluation": "bench_evaluation",  # evaluation time per model for 1 M events
     "toys": "bench_toys",  # diagnostics toys (generate + fit) per second, 1 and 2 workers
     "dag": "bench_dag",  # dry-run DAG of a 500-point scan (1000 trainings) vs trivial jobs

@@ -17,6 +17,10 @@ def _constrained(model: lk.Model) -> lk.Model:
     centre = np.array([model.init[model.index(n)] for n in names])
     nominal = {p: model.nominal[k] for k, p in enumerate(model.processes)}
     sumw2 = {p: model.sumw2[k] for k, p in enumerate(model.processes)}
+    jes = {
+        p: (model.nominal[k] + model.histo_up[0, k], model.nominal[k] - model.histo_down[0, k])
+        for k, p in enumerate(model.processes)
+    }
     return lk.make_model(
         {ch.name: ch.n_bins for ch in model.channels},
         nominal,
@@ -25,6 +29,7 @@ def _constrained(model: lk.Model) -> lk.Model:
             "mu": lk.NormFactor(("ZH",), 1.0, (-20, 20)),
             **{n: lk.NormFactor((n[3:],), c, (0, 10)) for n, c in zip(names, centre, strict=True)},
         },
+        histosys={"jes": jes},
         normsys={"lumi": {"ZH": (1 / 1.025, 1.025)}, "xs_VZ": {"VZ": (0.9, 1.12)}},
         stat="profile",
         gauss=(names, centre, cov),
@@ -34,7 +39,7 @@ def _constrained(model: lk.Model) -> lk.Model:
 
 @pytest.mark.parametrize("kind", ["simultaneous", "fixed", "constrained"])
 def test_round_trip(tmp_path, kind):
-    model, asimov = lk.toy_model(4, 3, stat="profile")
+    model, asimov = lk.toy_model(4, 3, stat="profile", jes_asymmetry=0.03)
     if kind == "fixed":
         model = model.with_fixed({"sf_TT": 1.08, "sf_Zhf": 1.22, "sf_Zlf": 0.91})
     elif kind == "constrained":
@@ -72,16 +77,14 @@ def test_round_trip(tmp_path, kind):
         s = scale[col["process"]]
         np.testing.assert_array_equal(values, model.nominal[p_i, sl] * s)
         np.testing.assert_array_equal(variances, model.sumw2[p_i, sl] * s**2)
-        if "jes" in card["systematics"]:
-            up, _ = shapes[ch.name][f"{col['process']}_jesUp"]
-            down, _ = shapes[ch.name][f"{col['process']}_jesDown"]
-            h = list(model.names[int(i)] for i in model.histo_index).index("jes")
-            np.testing.assert_array_equal(
-                up, (model.nominal[p_i, sl] + model.histo_up[h, p_i, sl]) * s
-            )
-            np.testing.assert_array_equal(
-                down, (model.nominal[p_i, sl] - model.histo_down[h, p_i, sl]) * s
-            )
+        assert card["systematics"]["jes"]["type"] == "shape"
+        up, _ = shapes[ch.name][f"{col['process']}_jesUp"]
+        down, _ = shapes[ch.name][f"{col['process']}_jesDown"]
+        h = list(model.names[int(i)] for i in model.histo_index).index("jes")
+        np.testing.assert_array_equal(up, (model.nominal[p_i, sl] + model.histo_up[h, p_i, sl]) * s)
+        np.testing.assert_array_equal(
+            down, (model.nominal[p_i, sl] - model.histo_down[h, p_i, sl]) * s
+        )
     for ch in model.channels:
         np.testing.assert_array_equal(shapes[ch.name]["data_obs"][0], observed[ch.start : ch.stop])
 

@@ -43,7 +43,11 @@ SETTINGS = {
     },
     "data_mc_ks_threshold": 0.09,
     "plot_score_bins": 20,
-}
+    "collapse": {"min_auc": 0.55, "mjj_slices": [[50, 110], [110, 130], [130, 250]]},
+    "baseline": {"bootstrap": 4, "min_gain_significance": 3.0},
+    "data_mc": {"bins": 20, "min_expected": 20, "reference_count": 1000, "min_p_value": 0.01,
+                "require": False},
+}  # fmt: skip
 
 
 def toy_events(n: int = 6000, seed: int = 1, sculpt: float = 0.0) -> dict[str, np.ndarray]:

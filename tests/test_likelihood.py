@@ -181,3 +181,67 @@ def test_closed_form_follows_the_significance_edge_rule():
     assert lk.closed_form_asimov_z(s, b) == lk.closed_form_asimov_z(s[[0, 2]], b[[0, 2]])
     with pytest.raises(DataError, match="background"):
         lk.closed_form_asimov_z(np.array([1.0, 1.0]), np.array([3.0, 0.0]))
+
+
+# ------------------------------------------------------------------------ exact HESSE
+def _richardson_hessian(lik, x, idx, h=1e-3):  # type: ignore[no-untyped-def]
+    """Hessian over ``idx`` from Richardson-extrapolated central differences of the gradient."""
+
+    def central(step):  # type: ignore[no-untyped-def]
+        out = np.empty((len(idx), len(idx)))
+        for a, i in enumerate(idx):
+            e = np.zeros(len(x))
+            e[i] = step
+            out[a] = (lik.grad(x + e)[idx] - lik.grad(x - e)[idx]) / (2 * step)
+        return out
+
+    d1, d2 = central(h), central(h / 2)
+    hess = (4 * d2 - d1) / 3
+    return 0.5 * (hess + hess.T)
+
+
+def _check_hesse(model, observed, expect_limit=()):  # type: ignore[no-untyped-def]
+    best = lk.fit(model, observed, tolerance=1e-4)
+    assert best.status.covariance_method == "analytic Hessian"
+    assert best.status.at_limit == tuple(expect_limit)
+    lik = lk.Likelihood(model, observed)
+    idx = [
+        i for i, n in enumerate(model.names) if not model.fixed[i] and n not in best.status.at_limit
+    ]
+    cov = np.linalg.inv(_richardson_hessian(lik, best.values, idx))
+    np.testing.assert_allclose(best.errors[idx], np.sqrt(np.diag(cov)), rtol=1e-5)
+    np.testing.assert_allclose(best.covariance[np.ix_(idx, idx)], cov, rtol=1e-4, atol=1e-9)
+    excluded = [i for i in range(model.n_params) if i not in idx]
+    assert np.all(best.errors[excluded] == 0) and np.all(best.covariance[excluded] == 0)
+    return best
+
+
+@pytest.mark.parametrize("stat", [None, "profile"])
+def test_hesse_is_the_inverse_analytic_hessian(stat):
+    model, asimov = lk.toy_model(4, 4, stat=stat, jes_asymmetry=0.03)
+    observed = np.round(asimov * np.random.default_rng(4).uniform(0.9, 1.1, len(asimov)))
+    _check_hesse(model, observed)
+
+
+def test_hesse_with_fixed_parameters():
+    model, asimov = lk.toy_model(4, 4, stat="profile", jes_asymmetry=0.03)
+    model = model.with_fixed({"sf_TT": 1.08, "lumi": 0.3})
+    observed = np.round(asimov * np.random.default_rng(5).uniform(0.9, 1.1, len(asimov)))
+    _check_hesse(model, observed)
+
+
+def test_hesse_with_a_parameter_at_its_limit():
+    """sf_Zhf's upper bound (1.0) is below what the data want: it sits on it, is excluded from
+    the covariance (error 0) and named in the status."""
+    from dataclasses import replace
+
+    model, asimov = lk.toy_model(4, 4, stat="profile", jes_asymmetry=0.03)
+    i = model.index("sf_Zhf")
+    bounds = list(model.bounds)
+    bounds[i] = (0.0, 1.0)
+    init = model.init.copy()
+    init[i] = 0.9
+    model = replace(model, bounds=tuple(bounds), init=init)
+    best = _check_hesse(model, asimov, expect_limit=("sf_Zhf",))
+    assert best.value("sf_Zhf") == pytest.approx(1.0, abs=1e-4)
+    assert best.status.as_dict()["at_limit"] == ["sf_Zhf"]

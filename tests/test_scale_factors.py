@@ -43,6 +43,21 @@ def profile_interval(n: float, mc: float, fixed: float) -> tuple[float, float]:
     return lo - s_hat, hi - s_hat
 
 
+def test_perfect_fit_reports_zero_nll():
+    """The NLL is the saturated-model deviance / 2: 0 for a perfect fit (two regions, two
+    processes, data equal to the prediction at the fitted scale factors), positive otherwise."""
+    hists = [
+        hist("A", 1250.0, {"X": 1000.0, "Y": 100.0, "F": 50.0}),
+        hist("B", 885.0, {"X": 50.0, "Y": 800.0, "F": 30.0}),
+    ]
+    res = fit_scale_factors(hists, ["X", "Y"], minos=False)
+    assert res.values["X"] == pytest.approx(1.1, rel=1e-5)
+    assert res.values["Y"] == pytest.approx(1.0, rel=1e-5)
+    assert res.nll == pytest.approx(0.0, abs=1e-6)
+    worse = [hist("A", 1260.0, {"X": 1000.0, "F": 50.0}), hist("B", 900.0, {"X": 1000.0, "F": 0.0})]
+    assert fit_scale_factors(worse, ["X"], minos=False).nll > 1.0
+
+
 # ---------------------------------------------------------------------------- (1) analytic
 def test_one_process_per_region_is_analytic():
     # region A constrains X only, region B constrains Y only; F is fixed in both

@@ -147,7 +147,9 @@ def fake_metrics(z_val, z_oof, chi2_val, chi2_oof, *, collapsed=False, vz=True):
             "significance": {"asimov": m(1.0), "simple": m(1.0), "n_bins": 3,
                              "fast_fit": {**m(z), "n_bins": 3, "method": "x"}},
             "sculpting": {"mean": {"chi2_ndf": m(chi2), "chi2_ndf_ref": m(chi2),
-                                   "ks_distance": m(0.1)}, "highest": {"chi2_ndf": m(chi2)}},
+                                   "ks_distance": m(0.1)}, "highest": {"chi2_ndf": m(chi2)},
+                          # the selection's figure: the worst quantile's chi2/ndf at ref. count
+                          "quantiles": [{"chi2_ndf_ref": m(1.0)}, {"chi2_ndf_ref": m(chi2)}]},
             "jsd": {"inverse_jsd": m(10.0 / chi2 if chi2 else None)},
             "decorrelation": {"dcor2": m(0.01), "cvm": m(0.001), "pearson": m(0.01)},
             "data_mc": {"max_ks_distance": m(0.05)},
@@ -179,7 +181,7 @@ def test_selection_uses_validation_figures():
     assert best["rule"]["variant"] == "validation"
     reasons = {c["model"]: c["reasons"] for c in best["candidates"]}
     assert any("fails the threshold" in r for r in reasons["c"])
-    assert reasons["d"] == ["VZ peak not visible"]
+    assert reasons["d"] == ["VZ peak: not visible"]
     jsd = scan_summary.select(metrics, metric="inverse_jsd", threshold=5.0, require_vz=False)
     assert jsd["selected"] == "d"
 
@@ -239,3 +241,21 @@ def test_best_references_map_to_path_names(config):
     cfg["evaluation"]["models"] = ["best:nope"]
     with pytest.raises(ConfigError, match="unknown scan 'nope'"):
         P.evaluation_models(cfg)
+
+
+def test_selection_requires_a_gain_over_the_mjj_only_baseline():
+    metrics = {
+        "a": fake_metrics(z_val=3.0, z_oof=3.0, chi2_val=1.0, chi2_oof=1.0),
+        "b": fake_metrics(z_val=2.0, z_oof=2.0, chi2_val=1.0, chi2_oof=1.0),
+    }
+    for name, gain_sig in (("a", 1.5), ("b", 4.0)):
+        for v in metrics[name]["variants"].values():
+            v["baseline"] = {"gain_significance": {"value": gain_sig, "error": None}}
+    best = scan_summary.select(metrics, metric="chi2_ndf_ref", threshold=3.0, require_vz=True,
+                               min_gain_significance=3.0)  # fmt: skip
+    assert best["selected"] == "b" and best["passes_cuts"]
+    reasons = {c["model"]: c["reasons"] for c in best["candidates"]}
+    assert any("m_jj-only baseline" in r for r in reasons["a"])
+    none = scan_summary.select({"a": metrics["a"]}, metric="chi2_ndf_ref", threshold=3.0,
+                               require_vz=True, min_gain_significance=3.0)  # fmt: skip
+    assert not none["passes_cuts"]

@@ -277,3 +277,5 @@ def test_checkpoint_and_onnx_round_trip(sr_data, tmp_path):
     meta = sess.get_modelmeta().custom_metadata_map
     assert json.loads(meta["feature_names"]) == names
     assert "m_jj" not in json.loads(meta["used_features"])
+    # one self-contained file, nothing else left beside it (no hidden *.data / *.tmp litter)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pt"]

@@ -171,7 +171,7 @@ def test_region_output_is_aligned_and_positive():
         assert report["processes"][proc]["transformed"]
     assert {"f1", "f2", "m_jj", "pt_jj", "m_jj_jesUp"} <= set(report["variables"])
     assert report["variables"]["m_jj_jesUp"]["in_conditioning"] is False
-    assert set(W.summary(tests["f1"])) == {"chi2", "ndf", "p_value", "max_ratio_deviation"}
+    assert {"chi2", "ndf", "p_value", "max_ratio_deviation"} <= set(W.summary(tests["f1"]))
 
 
 # ---------------------------------------------------------------- training strategies, config
@@ -278,3 +278,78 @@ def test_stage_outputs_aligned_with_export(weights_run):
         assert val["provenance"]["git_commit"]
         plots = list((weights_run / "results" / "weights" / region / "plots").glob("*.png"))
         assert len(plots) == len(val["variables"])
+
+
+# ---------------------------------------------------------------- estimate quality and the gate
+def _dependent_region(n=6000, seed=0):  # type: ignore[no-untyped-def]
+    """Two processes whose sign probability rises steeply with the feature f1."""
+    arrays, attrs = _region(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    f1 = arrays["features/nominal"][:, 0]
+    p_neg = 0.02 + 0.4 / (1 + np.exp(-3 * f1))
+    arrays["weight"] = np.where(rng.random(n) < p_neg, -1.0, 1.0)
+    return arrays, attrs
+
+
+def test_sign_independent_of_x_gives_the_constant_estimate():
+    arrays, attrs = _region(4000, seed=3)
+    out, report, _ = W.transform_region(arrays, attrs, settings=TINY, seed=2)
+    for i, proc in enumerate(attrs["process_names"]):
+        sel = arrays["process"] == i
+        w = arrays["weight"][sel]
+        # the constant estimate: every event gets the process's mean weight
+        assert np.std(out[sel]) / np.mean(out[sel]) < 0.05, proc
+        assert out[sel].sum() == pytest.approx(w.sum())
+        folds = report["processes"][proc]["training"]["folds"].values()
+        for f in folds:
+            vc = f["versus_constant"]
+            assert f["estimate"] == "constant" and not vc["beats_constant"]
+
+
+def test_strong_dependence_is_captured_where_plain_abs_fails():
+    """The default estimator (gradient boosting, isotonic-calibrated) at 20 k events; the
+    network of ``method: classification`` does not pass this test at this size (p ~ 1e-7)."""
+    arrays, attrs = _dependent_region(20_000, seed=5)
+    out, report, _ = W.transform_region(arrays, attrs, settings={"method": "gbdt"}, seed=1)
+    f1 = arrays["features/nominal"][:, 0].astype(np.float64)
+    edges = W.bin_edges(f1, 10)
+    w = arrays["weight"]
+    after = W.paired_test(f1, w, out, edges)["p_value"]
+    plain = np.abs(w) * (w.sum() / np.abs(w).sum())  # |w| rescaled to the yield
+    before = W.paired_test(f1, w, plain, edges)["p_value"]
+    assert after > 0.01 and before < 1e-6, (after, before)
+    for prep in report["processes"].values():
+        for f in prep["training"]["folds"].values():
+            assert f["estimate"] == "gbdt" and f["versus_constant"]["beats_constant"]
+            assert f["stop_epoch"] <= f["max_epochs"] and f["best_epoch"] is not None
+
+
+def test_gate_fails_an_under_trained_network_naming_region_process_variable(tmp_path):
+    from vhbb.core.checks import CheckFailed
+    from vhbb.data.export import write_h5
+
+    arrays, attrs = _dependent_region(6000, seed=7)
+    export = tmp_path / "SR.h5"
+    write_h5(export, arrays, attrs)
+    under = {**TINY, "method": "classification", "epochs": 1, "learning_rate": 1e-7}
+    outputs = {
+        "h5_path": tmp_path / "w.h5",
+        "validation_path": tmp_path / "validation.json",
+        "plots_dir": tmp_path / "plots",
+        "checks_path": tmp_path / "checks.json",
+    }
+    with pytest.raises(
+        CheckFailed, match=r"(?s)weights SR: .*paired test p-value at SR/(ZH|TT)/f1"
+    ):
+        W.run_weights(export, spec={"settings": under}, **outputs)
+    assert not any(p.exists() for p in outputs.values())  # nothing that looks valid
+    # warn mode: the job goes on and every output carries the warning
+    warn = {**under, "validation": {**under.get("validation", {}), "on_failure": "warn"}}
+    report = W.run_weights(export, spec={"settings": warn}, **outputs)
+    assert any("SR/" in line and "/f1" in line for line in report["warnings"])
+    from vhbb.core.checks import read_checks
+    from vhbb.data.export import read_h5
+
+    failed = [c for c in read_checks([outputs["checks_path"]]) if c.failed]
+    assert failed and all(c.warned for c in failed)
+    assert read_h5(outputs["h5_path"])[1]["warnings"] == report["warnings"]

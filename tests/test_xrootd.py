@@ -108,6 +108,8 @@ def test_cache_file_reads_root_url(local_run: Path, xrootd: tuple[str, Path]) ->
     frame_remote, stats_remote = cache_file(url, **spec)
     assert len(frame_remote) > 0
     pd.testing.assert_frame_equal(frame_remote, frame_local)
+    # the stats name the file they came from (repeated-event errors name it); all else equal
+    assert stats_remote.pop("input") == url and stats_local.pop("input") == str(local)
     assert stats_remote == stats_local
 
 

@@ -249,6 +249,8 @@ def summary_inputs(wildcards):
         "fits": [f"results/fits/{f}/signal_strength.json" for f in k["fits"]],
         "diagnostics": [f"results/fits/{d}/diagnostics.json" for d in k["diagnostics"]],
         "weights": expand("results/weights/{r}/validation.json", r=k["weights"]),
+        "checks": expand("results/checks/weights/{r}.json", r=k["weights"])
+        + expand("results/checks/selection/{s}.json", s=k["best"]),
         "figures": expand("results/scans/{s}/pareto.png", s=k["best"]),
         "figure_dirs": [
             f"results/fits/{d}/{sub}"

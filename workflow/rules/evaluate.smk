@@ -94,6 +94,7 @@ rule scan_summary:
         csv="results/scans/{scan}/summary.csv",
         md="results/scans/{scan}/summary.md",
         best="results/scans/{scan}/best.json",
+        checks="results/checks/selection/{scan}.json",
         heatmaps=report(
             directory("results/scans/{scan}/heatmaps"),
             patterns=["{name}.png"],

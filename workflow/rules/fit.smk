@@ -187,12 +187,13 @@ rule signal_fit_plots:
 
 
 rule workspace:
-    """pyhf (HistFactory JSON) workspace of the simultaneous or constrained fit."""
+    """pyhf workspace (valid HistFactory JSON) of one fit mode, provenance in a sibling file."""
     input:
         hists="results/hists/{model}/hists.h5",
         scale_factors="results/fits/scale_factors.json",
     output:
-        "results/fits/{model}/{mode}/workspace.json",
+        json="results/fits/{model}/{mode}/workspace.json",
+        provenance="results/fits/{model}/{mode}/workspace.provenance.json",
     log:
         "logs/fits/{model}/{mode}_workspace.log",
     wildcard_constraints:

@@ -8,6 +8,7 @@ rule transform_weights:
     output:
         h5="results/weights/{region}.h5",
         validation="results/weights/{region}/validation.json",
+        checks="results/checks/weights/{region}.json",
         plots=report(
             directory("results/weights/{region}/plots"),
             patterns=["{variable}.png"],

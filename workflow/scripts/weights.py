@@ -13,6 +13,7 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
         h5_path=smk.output.h5,
         validation_path=smk.output.validation,
         plots_dir=smk.output.plots,
+        checks_path=smk.output.checks,
         spec=smk.params.spec,
     )
 

@@ -442,9 +442,12 @@ def evaluate(config: Mapping, model: str) -> dict[str, Any]:
     settings = {k: v for k, v in config["evaluation"].items() if k != "models"}
     fit = config["fit"]
     samples, processes = config["samples"]["list"], config["samples"]["processes"]
+    excluded = set(spec.get("exclude_features") or [])
+    seen = [f for f in config["features"]["training"] if f not in excluded]
     return canonical(
         {
             "method": spec["method"],
+            "features_seen": seen,
             "evaluation": settings,
             "samples": {n: {"process": s["process"]} for n, s in samples.items()},
             "processes": {n: {"role": p["role"]} for n, p in processes.items()},
@@ -475,6 +478,9 @@ def scan_summary(config: Mapping, scan: str) -> dict[str, Any]:
                 "metric": ev["sculpting"]["metric"],
                 "threshold": ev["sculpting"]["threshold"],
                 "require_vz": ev["vz_peak"]["required"],
+                "min_gain_significance": ev["baseline"]["min_gain_significance"],
+                "require_data_mc": ev["data_mc"]["require"],
+                "candidates": list(config["scans"][scan].get("candidates") or []),
             },
         }
     )

@@ -277,5 +277,6 @@ def compare_models(config: Mapping[str, Any], scan: str) -> list[str]:
     spec = config["scans"][scan]
     compare = spec.get("compare")
     names = list(config.get("models", {}).get("enabled", [])) if compare is None else list(compare)
+    names += list(spec.get("candidates") or [])  # competing in the selection: evaluated too
     points = set(points_of(config, scan))
-    return [n for n in names if n not in points]
+    return list(dict.fromkeys(n for n in names if n not in points))

@@ -819,6 +819,48 @@ def data_mc_agreement(
     return out
 
 
+def add_data_mc_chi2(
+    data_mc: dict[str, Any],
+    events: Events,
+    regions: Sequence[str],
+    scale_factors: Mapping[str, float],
+    cfg: Mapping[str, Any],
+) -> None:
+    """Per control region, the chi2 test of :func:`vhbb.evaluation.quality.data_mc_chi2` (data:
+    the fit half, MC corrected by the scale factors, one dof off for the fitted normalisation);
+    ``passes_chi2``: every region's p-value above ``min_p_value``."""
+    from vhbb.evaluation import quality
+
+    ps = []
+    for region in regions:
+        r = events["region"] == region
+        d = r & (events["role"] == "data") & events["fit_half"]
+        m = r & (events["role"] != "data")
+        sf = np.array([scale_factors.get(p, 1.0) for p in events["process"][m]])
+        entry = data_mc["regions"].setdefault(region, {})
+        entry["chi2"] = quality.data_mc_chi2(
+            events["score"][d],
+            events["score"][m],
+            events["weight"][m] * sf,
+            n_bins=int(cfg["bins"]),
+            min_expected=float(cfg["min_expected"]),
+            reference_count=float(cfg["reference_count"]),
+        )
+        ps.append(entry["chi2"]["p_value"]["value"])
+    data_mc["min_p_value"] = float(cfg["min_p_value"])
+    data_mc["passes_chi2"] = bool(ps) and all(p is not None and p > cfg["min_p_value"] for p in ps)
+
+
+def upstream_warnings(weights_files: Sequence[str]) -> list[str]:
+    """The warnings upstream stages in warn mode attached to their outputs (weights files)."""
+    from vhbb.data.export import read_h5
+
+    out: list[str] = []
+    for path in weights_files:
+        out += list(read_h5(path)[1].get("warnings") or [])
+    return out
+
+
 def read_collapse(history_paths: Sequence[str]) -> dict[str, Any]:
     import json
 
@@ -838,9 +880,11 @@ def evaluate_variant(
     scale_factors: Mapping[str, float],
     collapsed: bool,
     seed: int,
+    sees_mjj: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """All signal-region figures of one variant, bootstrap errors and the fast fit."""
-    from vhbb.fit.fast_fit import fast_significance
+    """All signal-region figures of one variant: bootstrap errors, the collapse verdict on
+    discrimination, the fast fit and its gain over the m_jj-only baseline, the VZ verdict."""
+    from vhbb.evaluation import quality
 
     result = sr_metrics(ev, settings)
     bootstrap(ev, settings, result, replicas=int(settings["bootstrap"]), seed=seed)
@@ -854,30 +898,65 @@ def evaluate_variant(
         seed=seed + 1,
         replicas=int(dc["bootstrap"]),
     )
-    if collapsed:
-        fast = {"significance": None, "reason": "collapsed model (flag from training)", "n_bins": 0}
-    else:
-        mc = ev["role"] != "data"
-        per_proc = {
-            p: {
-                "m_jj": ev["m_jj"][ev["process"] == p],
-                "score": ev["score"][ev["process"] == p],
-                "weight": ev["weight"][ev["process"] == p],
-            }
-            for p in np.unique(ev["process"][mc])
-        }
-        fast = fast_significance(
-            per_proc,
-            signal=list(signal_processes),
-            settings=fit_settings,
-            scale_factors=scale_factors,
-        )
+    disc = quality.discrimination(ev, settings, training_collapsed=collapsed, seed=seed + 4)
+    result["discrimination"] = disc
+    fast_fit = _fast_fit_of(ev, signal_processes, fit_settings, scale_factors)
+    fast = fast_fit(ev["score"], ev["weight"], detail=True)
+    if disc["collapsed"]:
+        fast = {"significance": None, "reason": "collapsed: " + "; ".join(disc["reasons"])}
     result["significance"]["fast_fit"] = {
         **measurement(fast["significance"], None, fast["reason"] or None),
         "n_bins": int(fast.get("n_bins", 0)),
         "method": fast.get("method"),
     }
+    base = settings["baseline"]
+    score = ev["score"] if not disc["collapsed"] else np.full(len(ev["score"]), np.nan)
+    result["baseline"] = quality.baseline_gain(
+        lambda s, w: None if not np.all(np.isfinite(s)) else fast_fit(s, w),
+        score,
+        ev["weight"],
+        replicas=int(base["bootstrap"]),
+        seed=seed + 5,
+    )
+    vz = result["vz_peak"]
+    vz.update(
+        quality.vz_verdict(
+            vz["with_vz"]["significance"]["value"],
+            vz["without_vz"]["significance"]["value"],
+            float(vz["min_significance"]),
+            quality.sees_mjj(sees_mjj),
+        )
+    )
     return result
+
+
+def _fast_fit_of(
+    ev: Events,
+    signal_processes: Sequence[str],
+    fit_settings: Mapping[str, Any],
+    scale_factors: Mapping[str, float],
+) -> Any:
+    """``fast_fit(score, weight)``: the fast-fit significance of these MC events with the given
+    score and (reweighted) event weights; ``detail=True`` returns the whole result dict."""
+    from vhbb.fit.fast_fit import fast_significance
+
+    mc = ev["role"] != "data"
+    index = {p: ev["process"] == p for p in np.unique(ev["process"][mc])}
+
+    def fast_fit(score: np.ndarray, weight: np.ndarray, detail: bool = False) -> Any:
+        per_proc = {
+            p: {"m_jj": ev["m_jj"][sel], "score": score[sel], "weight": weight[sel]}
+            for p, sel in index.items()
+        }
+        out = fast_significance(
+            per_proc,
+            signal=list(signal_processes),
+            settings=fit_settings,
+            scale_factors=scale_factors,
+        )
+        return out if detail else out["significance"]
+
+    return fast_fit
 
 
 def plot_data(
@@ -999,6 +1078,7 @@ def run_evaluate(
         "fit_settings": spec["fit"],
         "scale_factors": sfs,
         "collapsed": collapse["collapsed"],
+        "sees_mjj": spec.get("features_seen") or (),
     }
     oof = evaluate_variant(sr_ev, settings, seed=seed, **common)
     oof["data_mc"] = data_mc_agreement(
@@ -1009,6 +1089,7 @@ def run_evaluate(
         replicas=int(settings["bootstrap"]),
         seed=seed + 2,
     )
+    add_data_mc_chi2(oof["data_mc"], cr_ev, crs, sfs, settings["data_mc"])
     val_ev, val_info = validation_events(
         export_path,
         weights_files.get(sr) if use_transformed else None,
@@ -1026,11 +1107,17 @@ def run_evaluate(
     }
     val["folds"] = val_info["folds"]
     flagged = kind != "transformed"
+    # collapse: the training's score-spread flag, or no discrimination (either variant)
+    reasons = [f"{v}: {r}" for v, var in (("out of fold", oof), ("validation", val))
+               for r in var["discrimination"]["reasons"]]  # fmt: skip
+    collapse["reasons"] = list(dict.fromkeys(reasons))
+    collapse["collapsed"] = bool(collapse["collapsed"] or reasons)
     result = {
         "model": model,
         "method": spec.get("method"),
         "collapsed": collapse["collapsed"],
         "collapse": collapse,
+        "warnings": upstream_warnings(list(weights_files.values()) if use_transformed else []),
         "weights": {
             "signed": "sigma*L (yields, significance, ROC)",
             "positive": kind,

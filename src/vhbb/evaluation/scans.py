@@ -129,8 +129,16 @@ def write_tables(
 
 # ------------------------------------------------------------------------------ selection
 def decorrelation_figure(metrics: Mapping[str, Any], variant: str, metric: str) -> float | None:
-    path = "sculpting.mean.chi2_ndf_ref" if metric == "chi2_ndf_ref" else "jsd.inverse_jsd"
-    return _value(metrics, variant, path)[0]
+    """chi2_ndf_ref: the worst (largest) score quantile's chi2/ndf at the reference count --
+    "at most the threshold in every quantile" (the highest quantile is the one sculpting
+    shows in); inverse_jsd as before."""
+    if metric != "chi2_ndf_ref":
+        return _value(metrics, variant, "jsd.inverse_jsd")[0]
+    quantiles = metrics["variants"][variant]["sculpting"].get("quantiles") or []
+    values = [q["chi2_ndf_ref"]["value"] for q in quantiles]
+    if not values or any(v is None for v in values):
+        return None
+    return float(max(values))
 
 
 def passes_decorrelation(value: float | None, metric: str, threshold: float) -> bool:
@@ -146,18 +154,36 @@ def select(
     threshold: float,
     require_vz: bool,
     variant: str = "validation",
+    min_gain_significance: float | None = None,
+    require_data_mc: bool = False,
 ) -> dict[str, Any]:
     """The selection rule on ``variant`` figures (see the module docstring).
 
-    Models without a fast-fit significance (collapsed, failed) are never chosen.  If no model
-    passes the cuts, the most significant one is chosen with ``passes_cuts: false`` (warned).
+    Cuts: not collapsed, a fast-fit significance, the decorrelation figure, the VZ peak
+    (visible with VZ and gone without, where it applies), a gain over the m_jj-only baseline
+    above ``min_gain_significance`` times its paired bootstrap error, and (if required) the
+    out-of-fold data/MC chi2 test in every control region.  Models without a fast-fit
+    significance are never chosen.  If no model passes every cut, the most significant one is
+    named with ``passes_cuts: false`` and the selection is a failed check.
     """
     candidates = []
     for name, m in metrics.items():
         z = _value(m, variant, "significance.fast_fit")[0]
         deco = decorrelation_figure(m, variant, metric)
-        vz = bool(m["variants"][variant]["vz_peak"]["visible"])
+        vz_node = m["variants"][variant]["vz_peak"]
+        vz = bool(vz_node.get("visible"))
+        gain = (m["variants"][variant].get("baseline") or {}).get("gain_significance", {})
+        gain_sig = gain.get("value") if isinstance(gain, Mapping) else None
         reasons = []
+        if min_gain_significance is not None and (
+            gain_sig is None or gain_sig <= min_gain_significance
+        ):
+            reasons.append(
+                f"gain over the m_jj-only baseline {_fmt(gain_sig)} sigma <= "
+                f"{min_gain_significance:g}"
+            )
+        if require_data_mc and not m["variants"]["out_of_fold"]["data_mc"].get("passes_chi2"):
+            reasons.append("data/MC chi2 p-value below the minimum in a control region")
         if m.get("collapsed"):
             reasons.append("collapsed")
         if z is None:
@@ -167,14 +193,15 @@ def select(
             )
         if not passes_decorrelation(deco, metric, threshold):
             reasons.append(f"{metric} = {_fmt(deco)} fails the threshold {threshold:g}")
-        if require_vz and not vz:
-            reasons.append("VZ peak not visible")
+        if require_vz and vz_node.get("visible") is not None and not vz:
+            reasons.append(f"VZ peak: {vz_node.get('reason') or 'not visible'}")
         candidates.append(
             {
                 "model": name,
                 "significance": z,
                 metric: deco,
-                "vz_visible": vz,
+                "vz_visible": vz_node.get("visible"),
+                "gain_significance": gain_sig,
                 "passes": not reasons,
                 "reasons": reasons,
             }
@@ -205,6 +232,8 @@ def select(
             "decorrelation_metric": metric,
             "threshold": threshold,
             "require_vz_peak": require_vz,
+            "min_gain_significance": min_gain_significance,
+            "require_data_mc": require_data_mc,
         },
         "candidates": candidates,
     }
@@ -228,12 +257,15 @@ def run_scan_summary(
     metrics = {n: json.loads(Path(p).read_text()) for n, p in metrics_files.items()}
     rows = summary_rows(metrics, points)
     write_tables(rows, outputs["csv"], outputs["md"], f"Scan {scan}")
-    scan_metrics = {n: m for n, m in metrics.items() if n in points}
+    pool = set(points) | set(selection.get("candidates") or [])
+    scan_metrics = {n: m for n, m in metrics.items() if n in pool}
     best = select(
         scan_metrics,
         metric=selection["metric"],
         threshold=float(selection["threshold"]),
         require_vz=bool(selection["require_vz"]),
+        min_gain_significance=selection.get("min_gain_significance"),
+        require_data_mc=bool(selection.get("require_data_mc", False)),
     )
     best["scan"] = scan
     if best["selected"] is not None:
@@ -243,11 +275,34 @@ def run_scan_summary(
             for col, (variant, path) in SUMMARY_COLUMNS.items()
             if variant == "out_of_fold"
         }
-        best["overrides"] = dict(points[best["selected"]])
+        best["overrides"] = dict(points.get(best["selected"], {}))
     best["spread"] = seed_spread(rows)
     axes = list(dict.fromkeys(p for ov in points.values() for p in ov))
     eval_plots.scan_heatmaps(rows, axes, outputs["heatmaps"], scan)
     eval_plots.pareto(rows, outputs["pareto"], scan, metric=selection["metric"])
+    if "checks" in outputs:
+        from vhbb.core.checks import Check, write_checks
+
+        reasons = [f"{c['model']}: {'; '.join(c['reasons'])}" for c in best["candidates"]]
+        write_checks(
+            outputs["checks"],
+            [
+                Check(
+                    stage="selection",
+                    name="a candidate passes every cut",
+                    status="pass" if best["passes_cuts"] else "fail",
+                    where=scan,
+                    message=f"selected {best['selected']}"
+                    + (
+                        ""
+                        if best["passes_cuts"]
+                        else "; no candidate passes: " + " | ".join(reasons)
+                    ),
+                )
+            ],
+        )
+        if not best["passes_cuts"]:
+            log.warning("scan %s: no candidate passes every cut (a failed check)", scan)
     write_json(outputs["best"], best)
     return best
 

@@ -58,9 +58,9 @@ from vhbb.stats.results import RegionHistogram
 log = logging.getLogger(__name__)
 
 VZ_POI = "mu_VZ"
-# A JES histosys (interpolation code 0) has a kink at 0 where the minimum often sits; MIGRAD's
-# EDM estimate is then unreliable (the Hessian differs on the two sides) and flags converged fits
-# as invalid.  Toy fits with EDM below this value (a POI shift well below 0.1 sigma) are accepted.
+# The likelihood is smooth (interpolation codes 4 / 4p), but a toy fit's MIGRAD can still stop
+# just above its EDM target on a flat direction; toy fits with an EDM below this value (a POI
+# shift well below 0.1 sigma) and an accurate covariance are accepted.
 EDM_ACCEPT = 0.02
 
 

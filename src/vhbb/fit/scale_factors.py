@@ -210,11 +210,12 @@ def _minimise(model: _Model, label: str) -> Any:
     """MIGRAD (checked) then HESSE of the Poisson NLL of ``model``; the Minuit object."""
     n, m_free, fixed = model.n, model.free, model.fixed
     positive = n > 0
+    # saturated-model constant: nll = sum [nu - n + n ln(n / nu)], 0 for a perfect fit
     const = float(np.sum(n[positive] * np.log(n[positive]) - n[positive]))
 
     def nll(s: np.ndarray) -> float:
         nu = np.maximum(m_free @ s + fixed, TINY)
-        return float(np.sum(nu - n * np.log(nu)) - const)
+        return float(np.sum(nu - n * np.log(nu)) + const)
 
     def grad(s: np.ndarray) -> np.ndarray:
         nu = np.maximum(m_free @ s + fixed, TINY)

@@ -293,6 +293,18 @@ def fit_signal_strength(
     }
 
 
+def signal_limits(inp: FitInput, label: str = "fit", cl: float = 0.95) -> dict[str, Any] | None:
+    """The ``limits`` block: CLs upper limits on mu (q-tilde, asymptotic;
+    :func:`vhbb.stats.limits.upper_limits`); None, with a warning, when no limit is found."""
+    from vhbb.stats.limits import upper_limits
+
+    try:
+        return upper_limits(inp.model, inp.observed, cl=cl).as_dict()
+    except (lk.FitError, ValueError) as exc:
+        log.warning("%s: no CLs upper limit (%s)", label, exc)
+        return None
+
+
 def fit_plot_data(inp: FitInput, best: lk.FitResult) -> dict[str, Any]:
     """What the pre- and post-fit figures draw: expected yields per process at the initial and
     the fitted values, the MC-stat variance per bin and the observations (channel bins)."""
@@ -359,6 +371,7 @@ def run_signal_fit(
         "valid" if best.status.valid else "INVALID",
     )
     model = inp.model
+    limits = signal_limits(inp, label)
     doc = {
         "model": meta["model"],
         "mode": mode,
@@ -372,10 +385,13 @@ def run_signal_fit(
         "n_bins": {ch.name: ch.n_bins for ch in model.channels},
         "parameters": list(model.names),
         **{k: result[k] for k in ("nuisances", "correlation_with_mu", "status", "scan", "nll")},
+        "limits": limits,
         "method": {
             "likelihood": "binned Poisson in m_jj x score (unrolled, merged), HistFactory "
             "modifiers (vhbb.stats.likelihood)",
-            "minimiser": "iminuit MIGRAD + HESSE (analytic Hessian) + MINOS on mu; errordef 0.5",
+            "minimiser": "iminuit MIGRAD, covariance = inverse analytic Hessian, MINOS on mu; "
+            "errordef 0.5",
+            "interpolation": "normsys code 4, histosys code 4p (pyhf 0.7 defaults)",
             "significance": "sqrt(q0), q0 = 2 [nll(mu=0) - nll(mu-hat)] on the observations",
         },
         "provenance": provenance(dict(spec)),
@@ -385,20 +401,35 @@ def run_signal_fit(
     return doc
 
 
-def write_workspace(inp: FitInput, path: str, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The pyhf workspace of a built model (observations = the data used in the fit)."""
-    from vhbb.fit.workspace import eigen_parameters, to_workspace
+def provenance_path(path: str) -> str:
+    """The sibling provenance file of a workspace: ``workspace.json`` ->
+    ``workspace.provenance.json``."""
+    path = str(path)
+    stem = path[: -len(".json")] if path.endswith(".json") else path
+    return f"{stem}.provenance.json"
 
-    ws = to_workspace(
-        inp.model,
-        inp.observed,
-        metadata={
+
+def write_workspace(
+    inp: FitInput, path: str, meta: Mapping[str, Any], spec: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The pyhf workspace of a built model (observations = the data used in the fit), valid
+    against pyhf's schema, and its provenance in :func:`provenance_path` (written first)."""
+    from vhbb.fit.workspace import SCHEMA, eigen_parameters, to_workspace
+
+    ws = to_workspace(inp.model, inp.observed)
+    write_json(
+        provenance_path(path),
+        {
+            "workspace": str(path).rsplit("/", 1)[-1],
+            "schema": SCHEMA,
             "model": meta["model"],
             "mode": inp.model.meta.get("mode"),
             "observations": dict(inp.observations),
             "unrolling": "signal region: merged m_jj x score bins (vhbb.fit.templates); "
             "control regions: one bin each",
+            "interpolation": {"normsys": "code4", "histosys": "code4p"},
             "constrained_scale_factors": eigen_parameters(inp.model),
+            "provenance": provenance(dict(spec or {})),
         },
     )
     write_json(path, ws)
@@ -408,6 +439,6 @@ def write_workspace(inp: FitInput, path: str, meta: Mapping[str, Any]) -> dict[s
 def run_workspace(
     hists_path: str, sf_path: str, *, mode: str, path: str, spec: Mapping[str, Any]
 ) -> dict:
-    """Rule driver of the pyhf export of ``mode``."""
+    """Rule driver of the pyhf export of ``mode`` (``workspace.json`` and its provenance)."""
     stage = read_fit_stage(hists_path, sf_path, mode=mode, spec=spec)
-    return write_workspace(stage.fit, path, stage.meta)
+    return write_workspace(stage.fit, path, stage.meta, spec)

@@ -6,17 +6,33 @@ is unrolled as documented in :mod:`vhbb.fit.templates`); every process with a no
 channel is a sample carrying
 
 * ``normfactor`` modifiers for ``mu`` and the free scale factors;
-* ``histosys`` (interpolation code 0, pyhf's default) for shape variations such as ``jes``;
-* ``normsys`` (code 1, pyhf's default) for the lnN normalisation uncertainties;
+* ``histosys`` for shape variations such as ``jes``;
+* ``normsys`` for the lnN normalisation uncertainties;
 * ``staterror`` (``staterror_<channel>``, absolute per-sample uncertainties ``sqrt(sum w^2)``)
-  when the model has Barlow-Beeston-lite MC-statistics terms.
+  when the model has Barlow-Beeston-lite MC-statistics terms (every sample with a yield or an
+  MC-statistics variance in the channel carries it, so pyhf's relative uncertainty per bin is
+  the model's ``stat_sigma``).
+
+**Interpolation.** ``pyhf.Workspace.model()`` (pyhf 0.7) interpolates normsys with code 4
+(exponential beyond |alpha| = 1, a 6th-order polynomial inside, continuous up to the second
+derivative) and histosys with code 4p (linear beyond |alpha| = 1, a 6th-order polynomial
+inside); :mod:`vhbb.stats.likelihood` implements the same codes, so the exported workspace
+reproduces the internal likelihood up to a constant.  The JSON carries no interpolation codes
+(the schema has none): a consumer using other codes (Combine, see :mod:`vhbb.fit.combine`)
+gets a slightly different model.
+
+**Schema.** :func:`to_workspace` returns a spec that validates against pyhf's
+``workspace.json`` schema (no extra keys); the provenance (model, mode, observations, the
+unrolling, the eigen-decomposition of the constrained scale factors) is written next to it,
+``workspace.provenance.json`` (:func:`vhbb.fit.signal_fit.write_workspace`).
 
 Gaussian-constrained normalisation factors (the ``constrained`` mode: scale factors with their
 covariance ``C`` from the control-region fit) have no HistFactory modifier.  They are exported
 through the eigen-decomposition ``C = V diag(lambda) V^T``: the sample's nominal is scaled by
 the centre ``c``, and eigenvector ``j`` becomes a ``histosys`` ``<prefix>_eig<j>`` with
-``hi/lo = c m +- sqrt(lambda_j) V_kj m``.  Code 0 is piecewise linear with equal slopes here, so
-the nuisance is exactly linear and its unit-Gaussian constraint reproduces the multivariate
+``hi/lo = c m +- sqrt(lambda_j) V_kj m``.  Code 4p of a symmetric variation is linear
+(its polynomial term is proportional to ``hi + lo - 2 nominal = 0``), so the nuisance is exactly
+linear and its unit-Gaussian constraint reproduces the multivariate
 Gaussian on the scale factors.  (The likelihood multiplies the JES shift by the fitted scale
 factor, the export by its centre: a second-order difference.)
 
@@ -91,7 +107,8 @@ def _sample(
         for h in range(len(model.histo_index))
         if np.any(model.histo_up[h, p_i, sl] != 0) or np.any(model.histo_down[h, p_i, sl] != 0)
     ]
-    if not np.any(nom > 0) and not h_nonzero:
+    has_w2 = model.stat_sigma is not None and bool(np.any(model.sumw2[p_i, sl] > 0))
+    if not np.any(nom > 0) and not h_nonzero and not has_w2:
         return None
     scale = 1.0
     modifiers: list[dict[str, Any]] = []
@@ -167,9 +184,9 @@ def to_workspace(
     *,
     measurement: str = "signal_strength",
     eigen_prefix: str = "sf",
-    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The HistFactory JSON of ``model`` with ``observed`` as the observations."""
+    """The HistFactory JSON of ``model`` with ``observed`` as the observations (pyhf schema
+    1.0.0: no keys beyond it; the provenance goes to a sibling file)."""
     observed = np.asarray(observed, dtype=np.float64)
     con = _Constraint.of(model)
     channels, observations = [], []
@@ -188,8 +205,6 @@ def to_workspace(
         ],
         "version": "1.0.0",
     }
-    if metadata:
-        ws["metadata"] = dict(metadata)
     return ws
 
 

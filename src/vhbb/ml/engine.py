@@ -60,20 +60,124 @@ class Phase:
 
 
 @dataclass
+class EarlyStopping:
+    """Stop when the validation objective has not improved for ``patience`` epochs.
+
+    ``objective`` maps an epoch's history entry (training means and validation figures) to the
+    monitored number, named ``monitor`` in the history; lower is better (``mode="min"``) or
+    higher (``"max"``).  An improvement must beat the best by more than ``min_delta``.  Only
+    epochs of the ``phases`` named (all when ``None``) are monitored, so pre-training phases
+    never stop a training.  At the end (stopped or not) the networks are restored to the best
+    monitored epoch.  The tracker's state travels in every checkpoint, so a resumed training
+    stops at the same epoch with the same result.
+    """
+
+    objective: Callable[[Mapping[str, Any]], float]
+    monitor: str = "val/objective"
+    mode: str = "min"
+    patience: int = 10
+    min_delta: float = 0.0
+    phases: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"early stopping mode must be 'min' or 'max', not {self.mode!r}")
+        if self.patience < 1:
+            raise ValueError(f"early stopping patience must be >= 1, got {self.patience}")
+
+
+@dataclass
+class _Tracker:
+    """The early-stopping state: best value and epoch, epochs without improvement, best weights."""
+
+    rule: EarlyStopping
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    best_networks: dict[str, Any] | None = None
+
+    def update(
+        self, epoch: int, phase: str, entry: dict[str, Any], networks: Mapping[str, Any]
+    ) -> bool:
+        """Record ``entry``'s objective; return True when the training must stop."""
+        if self.rule.phases is not None and phase not in self.rule.phases:
+            return False
+        value = float(self.rule.objective(entry))
+        entry[self.rule.monitor] = value
+        sign = 1.0 if self.rule.mode == "min" else -1.0
+        improved = math.isfinite(value) and (
+            self.best_value is None or sign * (self.best_value - value) > self.rule.min_delta
+        )
+        if improved:
+            self.best_value, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_networks = {
+                k: {n: v.detach().clone() for n, v in net.state_dict().items()}
+                for k, net in networks.items()
+            }
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.rule.patience
+
+    def restore_best(self, networks: Mapping[str, Any]) -> None:
+        if self.best_networks is not None:
+            for k, net in networks.items():
+                net.load_state_dict(self.best_networks[k])
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "best_networks": self.best_networks,
+        }
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        self.best_value = state["best_value"]
+        self.best_epoch = state["best_epoch"]
+        self.bad_epochs = int(state["bad_epochs"])
+        self.best_networks = state["best_networks"]
+
+
+@dataclass
 class History:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None
+    stop_epoch: int | None = None
+    best_epoch: int | None = None
+    max_epochs: int | None = None
+    monitor: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "stopped": self.stopped}
+        return {
+            "epochs": self.epochs,
+            "stopped": self.stopped,
+            "stop_epoch": self.stop_epoch,
+            "best_epoch": self.best_epoch,
+            "max_epochs": self.max_epochs,
+            "monitor": self.monitor,
+        }
 
 
 def resolve_device(name: str) -> Any:
+    """The torch device of the config's ``device`` (``auto``: CUDA when available, else CPU)."""
     import torch
+
+    from vhbb.core.errors import ConfigError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"config error at 'device': {exc}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (device.index or 0) >= n:
+            raise ConfigError(
+                f"config error at 'device': '{name}' requested but this machine has "
+                f"{n} CUDA device(s); use device: auto or cpu, or run on a GPU node"
+            )
+    return device
 
 
 def make_optimizer(params, kind: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9):  # type: ignore[no-untyped-def]
@@ -125,12 +229,52 @@ class _State:
     generator: Any
     samplers: Mapping[str, _Sampler]
     history: History
+    tracker: _Tracker | None = None
 
     def restore(self, ckpt: Path, device: Any) -> int:
-        """Load ``ckpt``; return the epoch it was written after."""
+        """Load ``ckpt``; return the epoch it was written after (0: start afresh).
+
+        Checkpoints are loaded with ``weights_only=True`` only (no pickled code runs, whoever
+        wrote the file).  A checkpoint that does not load, or does not fit these networks, is
+        discarded with a warning naming it and the training starts from scratch.
+        """
+        import copy
+
         import torch
 
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        fresh = (
+            {k: copy.deepcopy(n.state_dict()) for k, n in self.networks.items()},
+            {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers.items()},
+            self.generator.get_state(),
+            torch.get_rng_state(),
+        )
+        try:
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+            epoch = self._load(state)
+        except Exception as exc:
+            log.warning(
+                "checkpoint %s does not load (%s: %s); discarding it and training from the start",
+                ckpt, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
+            )  # fmt: skip
+            ckpt.unlink(missing_ok=True)
+            for k, net in self.networks.items():  # back to the state before the attempt
+                net.load_state_dict(fresh[0][k])
+            for k, opt in self.optimizers.items():
+                opt.load_state_dict(fresh[1][k])
+            self.generator.set_state(fresh[2])
+            torch.set_rng_state(fresh[3])
+            for s in self.samplers.values():
+                s.perm, s.pos = None, s.n
+            self.history.epochs = []
+            if self.tracker is not None:
+                self.tracker.load(_Tracker(self.tracker.rule).state())
+            return 0
+        log.info("resumed from %s at epoch %d", ckpt, epoch)
+        return epoch
+
+    def _load(self, state: Mapping[str, Any]) -> int:
+        import torch
+
         for k, net in self.networks.items():
             net.load_state_dict(state["networks"][k])
         for k, opt in self.optimizers.items():
@@ -140,7 +284,8 @@ class _State:
         for d, s in state["samplers"].items():
             self.samplers[d].load(s)
         self.history.epochs = state["history"]
-        log.info("resumed from %s at epoch %d", ckpt, state["epoch"])
+        if self.tracker is not None:
+            self.tracker.load(state["early_stopping"])
         return int(state["epoch"])
 
     def save(self, ckpt: Path, epoch: int) -> None:
@@ -157,6 +302,7 @@ class _State:
             "samplers": {d: s.state() for d, s in self.samplers.items()},
             "history": self.history.epochs,
             "epoch": epoch,
+            "early_stopping": None if self.tracker is None else self.tracker.state(),
         }
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(ckpt) as tmp:
@@ -244,9 +390,13 @@ def train(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 1,
     lr_decay: Mapping[str, Any] | None = None,
+    early_stopping: EarlyStopping | None = None,
     progress: bool = True,
 ) -> History:
     """Run ``phases`` on ``networks``; return the per-epoch history.
+
+    The phases' epochs are a maximum when ``early_stopping`` is given (see
+    :class:`EarlyStopping`); the history records the stopping epoch, the best epoch and why.
 
     ``datasets``: name -> dict of device tensors of equal length.  ``batch_size``: one value or a
     per-dataset mapping.  ``validate`` is called after every epoch (networks in eval mode) and
@@ -266,15 +416,23 @@ def train(
     bs = (lambda d: batch_size) if isinstance(batch_size, int) else (lambda d: batch_size[d])
     samplers = {d: _Sampler(n, bs(d), generator, device) for d, n in sizes.items()}
     history = History()
-    state = _State(networks, optimizers, generator, samplers, history)
+    tracker = None if early_stopping is None else _Tracker(early_stopping)
+    state = _State(networks, optimizers, generator, samplers, history, tracker)
     ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
     start_epoch = state.restore(ckpt, device) if ckpt is not None and ckpt.exists() else 0
     total_epochs = sum(p.epochs for p in phases)
+    history.max_epochs = total_epochs
+    history.monitor = None if early_stopping is None else early_stopping.monitor
+    if tracker is not None and tracker.bad_epochs >= early_stopping.patience:
+        start_epoch = total_epochs  # the checkpoint was written at the stopping epoch
     epoch = 0
+    stop = False
     bar = tqdm(
         total=total_epochs, initial=start_epoch, desc="epochs", disable=not progress, mininterval=5
     )
     for phase in phases:
+        if stop:
+            break
         for epoch_in_phase in range(phase.epochs):
             epoch += 1
             if epoch <= start_epoch:
@@ -293,22 +451,56 @@ def train(
                 )
                 history.epochs.append(entry)
                 bar.close()
+                kept = (
+                    f"; the last good checkpoint is kept in {ckpt}"
+                    if ckpt is not None and ckpt.exists()
+                    else "; no checkpoint was written yet"
+                )
                 raise TrainingError(
                     f"training stopped: non-finite loss at epoch {epoch} (phase '{phase.name}') "
-                    f"in term(s) {', '.join(nonfinite)}; the last good checkpoint is kept"
-                    + (f" in {ckpt}" if ckpt else "")
-                    + ". Lower the learning rate or check the inputs for extreme values."
+                    f"in term(s) {', '.join(nonfinite)}{kept}. Lower the learning rate or check "
+                    "the inputs for extreme values."
                 )
             if validate is not None:
                 for net in networks.values():
                     net.eval()
                 with torch.no_grad():
                     entry.update(validate())
+            if tracker is not None:
+                stop = tracker.update(epoch, phase.name, entry, networks)
             entry["seconds"] = time.perf_counter() - t0
             history.epochs.append(entry)
             _log_epoch(entry, total_epochs)
             bar.update(1)
-            if ckpt is not None and (epoch % checkpoint_every == 0):
+            if ckpt is not None and (stop or epoch % checkpoint_every == 0):
                 state.save(ckpt, epoch)
+            if stop:
+                break
     bar.close()
+    _finish(history, tracker, networks, stop)
     return history
+
+
+def _finish(
+    history: History, tracker: _Tracker | None, networks: Mapping[str, Any], stopped: bool
+) -> None:
+    """Restore the best monitored epoch and record where and why the training stopped."""
+    last = history.epochs[-1]["epoch"] if history.epochs else 0
+    history.stop_epoch = last
+    if tracker is None:
+        history.stopped = history.stopped or "maximum epochs reached (no early stopping)"
+        return
+    stopped = stopped or tracker.bad_epochs >= tracker.rule.patience
+    tracker.restore_best(networks)
+    history.best_epoch = tracker.best_epoch
+    if stopped:
+        history.stopped = (
+            f"early stopping at epoch {last}: {tracker.rule.monitor} did not improve by more "
+            f"than {tracker.rule.min_delta:g} for {tracker.rule.patience} epochs; restored the "
+            f"best epoch {tracker.best_epoch} ({tracker.rule.monitor} = {tracker.best_value:.6g})"
+        )
+    else:
+        history.stopped = (
+            f"maximum epochs reached ({last}) before the stopping criterion; restored the best "
+            f"epoch {tracker.best_epoch} ({tracker.rule.monitor} = {tracker.best_value})"
+        )

@@ -29,6 +29,7 @@ validation metrics every method shares and runs :func:`vhbb.ml.engine.train`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -232,19 +233,72 @@ def build_and_train(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=spec["checkpoint_every"],
         lr_decay=spec.get("lr_decay"),
+        early_stopping=early_stopping(spec, plan),
         progress=progress,
     )
     hist = history.to_dict()
-    last = hist["epochs"][-1] if hist["epochs"] else {}
+    # the restored (best) epoch's flags describe the model that is written
+    kept = [e for e in hist["epochs"] if e["epoch"] == hist.get("best_epoch")]
+    last = kept[0] if kept else (hist["epochs"][-1] if hist["epochs"] else {})
     hist["collapsed"] = bool(last.get("collapsed", False))
     hist["method"] = method.name
     hist["fold"] = fold
+    hist["warnings"] = signed_weight_warnings(hist["epochs"], spec.get("weight_strategy", "raw"))
+    for line in hist["warnings"]:
+        log.warning("%s fold %d: %s", method.name, fold, line)
     return clf.cpu().eval(), hist
+
+
+def signed_weight_warnings(epochs: Sequence[Mapping[str, Any]], strategy: str) -> list[str]:
+    """The classic failure of negative weights in a loss, flagged: a training cross-entropy
+    below zero, or a validation cross-entropy that rises over the last three epochs while the
+    training cross-entropy falls."""
+    out: list[str] = []
+    train_key = next((k for e in epochs for k in e if k.endswith("/bce") and k != "val/bce"), None)
+    if train_key is None:
+        return out
+    below = [e["epoch"] for e in epochs if e.get(train_key, 0.0) < 0]
+    if below:
+        out.append(
+            f"training loss {train_key} below zero from epoch {below[0]} with weight_strategy "
+            f"'{strategy}': negative weights dominate the loss; use weight_strategy "
+            "transformed (or abs / drop_negative)"
+        )
+    tail = [e for e in epochs if "val/bce" in e and train_key in e][-4:]
+    if len(tail) == 4:
+        val_up = all(b["val/bce"] > a["val/bce"] for a, b in itertools.pairwise(tail))
+        train_down = all(b[train_key] < a[train_key] for a, b in itertools.pairwise(tail))
+        if val_up and train_down:
+            out.append(
+                f"validation loss rises while the training loss falls (epochs {tail[0]['epoch']}-"
+                f"{tail[-1]['epoch']}) with weight_strategy '{strategy}': over-training "
+                "(enable early_stopping, which restores the best epoch)"
+            )
+    return out
+
+
+def early_stopping(spec: Mapping[str, Any], plan: Any) -> Any:
+    """The engine's early stopping on the method's validation objective (``epochs`` is then a
+    maximum), or None when ``early_stopping.enabled`` is false."""
+    from vhbb.ml import engine
+
+    cfg = spec.get("early_stopping") or {}
+    if not cfg.get("enabled", False):
+        return None
+    return engine.EarlyStopping(
+        objective=plan.objective,
+        monitor="val/objective",
+        patience=int(cfg["patience"]),
+        min_delta=float(cfg["min_delta"]),
+        phases=plan.monitored_phases,
+    )
 
 
 # ----------------------------------------------------------------------------- outputs
 def export_onnx(clf: Any, path: str | Path, feature_names: Sequence[str]) -> None:
     """ONNX graph of sigmoid(classifier): input ``features`` (N, F raw, export order)."""
+    import tempfile
+
     import onnx
     import torch
 
@@ -255,18 +309,21 @@ def export_onnx(clf: Any, path: str | Path, feature_names: Sequence[str]) -> Non
     example = torch.zeros(4, len(feature_names))
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    with atomic_path(path) as tmp:
+    # the exporter may write the weights to a side file (<name>.data): export into a private
+    # folder, then save one self-contained file atomically (no litter beside model.onnx)
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "model.onnx"
         torch.onnx.export(
             model,
             (example,),
-            str(tmp),
+            str(raw),
             input_names=["features"],
             output_names=["score"],
             dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
             dynamo=True,
             verbose=False,
         )
-        proto = onnx.load(str(tmp))
+        proto = onnx.load(str(raw))
         meta = {
             "feature_names": json.dumps(list(feature_names)),
             "used_features": json.dumps([feature_names[i] for i in clf.used.tolist()]),

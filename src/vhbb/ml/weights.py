@@ -75,9 +75,11 @@ from vhbb.core.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-METHODS = ("classification", "regression")
+METHODS = ("classification", "regression", "gbdt")
 STRATEGIES = ("raw", "abs", "drop_negative", "transformed")
 SALT_CALIBRATION = 0xCA11B
+#: gbdt: fewer training events of the rarer weight sign than this give the constant estimate
+MIN_MINORITY = 20
 VARIATIONS = ("jesUp", "jesDown")
 
 # defaults of the settings (the schema's defaults; used when a caller passes a partial dict)
@@ -91,14 +93,24 @@ DEFAULTS: dict[str, Any] = {
     "optimizer": "adam",
     "weight_decay": 0.0,
     "calibration_fraction": 0.2,
+    "stopping_fraction": 0.2,
+    "early_stopping": {"patience": 3, "min_delta": 0.0},
     "seed_offset": 7001,
-    "validation": {"bins": 20, "extra_variables": ["m_jj_jesUp", "m_jj_jesDown"]},
+    "gbdt": {"max_iter": 300, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 100},
+    "validation": {
+        "bins": 20,
+        "extra_variables": ["m_jj_jesUp", "m_jj_jesDown"],
+        "min_p_value": 1e-4,
+        "on_failure": "fail",
+    },
 }
 
 
 def settings_with_defaults(settings: Mapping[str, Any] | None) -> dict[str, Any]:
     out = {**DEFAULTS, **dict(settings or {})}
     out["validation"] = {**DEFAULTS["validation"], **dict(out.get("validation") or {})}
+    out["early_stopping"] = {**DEFAULTS["early_stopping"], **dict(out.get("early_stopping") or {})}
+    out["gbdt"] = {**DEFAULTS["gbdt"], **dict(out.get("gbdt") or {})}
     if out["method"] not in METHODS:
         raise ConfigError(
             f"config error at 'weights.method': unknown method '{out['method']}' "
@@ -222,10 +234,69 @@ def paired_test(
     }
 
 
+#: per-bin tolerance of the transformed yield: |w'/w - 1| <= max(RATIO_TOLERANCE, N_SIGMA sigma)
+RATIO_TOLERANCE = 0.03
+N_SIGMA = 4.0
+
+
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
-    """The JSON part of a :func:`paired_test` result."""
+    """The JSON part of a :func:`paired_test` result, with the per-bin deviation in units of
+    the paired uncertainty and the bins outside ``max(3 %, 4 sigma)``."""
     keys = ("chi2", "ndf", "p_value", "max_ratio_deviation")
-    return {k: result[k] for k in keys}
+    out = {k: result[k] for k in keys}
+    sw, var = np.asarray(result["sum_w"]), np.asarray(result["var"])
+    ok = (sw > 0) & (var > 0)
+    dev = np.abs(np.asarray(result["sum_w_new"])[ok] / sw[ok] - 1.0)
+    sigma = np.sqrt(var[ok]) / sw[ok]
+    out["max_deviation_sigma"] = float(np.max(dev / sigma)) if ok.any() else 0.0
+    out["bins_outside_tolerance"] = int(np.sum(dev > np.maximum(RATIO_TOLERANCE, N_SIGMA * sigma)))
+    return out
+
+
+def validation_checks(report: Mapping[str, Any], min_p_value: float) -> list[Any]:
+    """Shared check records of one region: per transformed process and validation variable,
+    the paired-test p-value (> ``min_p_value``) and the per-bin tolerance."""
+    from vhbb.core.checks import Check, compare
+
+    region = report["region"]
+    out = []
+    for pname, prep in sorted(report["processes"].items()):
+        for var, res in sorted((prep.get("variables") or {}).items()):
+            where = f"{region}/{pname}/{var}"
+            out.append(compare("weights", "paired test p-value", where, res["p_value"],
+                               min_p_value, ">"))  # fmt: skip
+            n_out = res.get("bins_outside_tolerance", 0)
+            out.append(
+                Check(
+                    stage="weights",
+                    name="per-bin ratio within max(3 %, 4 sigma)",
+                    status="pass" if n_out == 0 else "fail",
+                    where=where,
+                    value=float(res.get("max_deviation_sigma", 0.0)),
+                    threshold=N_SIGMA,
+                    comparison="<=",
+                    message=f"{n_out} bin(s) outside; max |w'/w - 1| "
+                    f"{res['max_ratio_deviation']:.3%}",
+                )
+            )
+        vc = [
+            f.get("versus_constant", {})
+            for f in (prep.get("training") or {}).get("folds", {}).values()
+        ]
+        for k, v in enumerate(vc):
+            if v.get("gain") is not None and not v.get("beats_constant", True):
+                out.append(
+                    Check(
+                        stage="weights",
+                        name="network beats the constant estimate",
+                        status="warn",
+                        where=f"{region}/{pname}/fold{k}",
+                        value=v.get("gain"),
+                        message="held-out loss not below the constant's: the constant E[w|x] "
+                        "is used for this fold",
+                    )
+                )
+    return out
 
 
 def tilt(weight: np.ndarray, values: np.ndarray, amplitude: float = 0.05) -> np.ndarray:
@@ -298,16 +369,55 @@ def _training_set(method: str, x_train: np.ndarray, w_train: np.ndarray, scale: 
     return {"x": xt, "y": target, "a": aux}, objective
 
 
-def _heldout_loss(method: str, raw: np.ndarray, w_hold: np.ndarray, scale: float) -> float:
-    """The training loss of the network outputs ``raw`` on the held-out events."""
+def _event_losses(method: str, raw: np.ndarray, w_hold: np.ndarray, scale: float) -> np.ndarray:
+    """Per-event training loss of the network outputs ``raw`` (logit or scaled estimate)."""
     if method == "classification":
         ah = np.abs(w_hold) / scale
         y = (w_hold > 0).astype(np.float64)
         p = _sigmoid(raw)
         eps = 1e-7
-        bce = -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps))
-        return float(np.mean(ah * bce))
-    return float(np.mean((raw - w_hold / scale) ** 2))
+        return ah * -(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps))
+    return (raw - w_hold / scale) ** 2
+
+
+def _heldout_loss(method: str, raw: np.ndarray, w_hold: np.ndarray, scale: float) -> float:
+    """The training loss of the network outputs ``raw`` on the held-out events."""
+    return float(np.mean(_event_losses(method, raw, w_hold, scale)))
+
+
+def _constant_raw(method: str, w_train: np.ndarray, scale: float) -> float:
+    """The constant prediction (logit of the |w|-weighted positive fraction, or mean w)."""
+    if method == "classification":
+        a = np.abs(w_train)
+        frac = float(np.clip(a[w_train > 0].sum() / a.sum(), 1e-6, 1 - 1e-6))
+        return float(np.log(frac / (1 - frac)))
+    return float(np.mean(w_train) / scale)
+
+
+def versus_constant(
+    method: str, raw: np.ndarray, w_hold: np.ndarray, w_train: np.ndarray, scale: float
+) -> dict[str, Any]:
+    """Held-out loss of the network and of the constant prediction, and the paired gain.
+
+    ``gain = L(constant) - L(network)`` (mean over held-out events; > 0: the network is
+    better); its standard error is that of the per-event differences (paired).  The network
+    counts as better only when the gain exceeds twice that error.
+    """
+    net = _event_losses(method, raw, w_hold, scale)
+    const = _event_losses(method, np.full(len(w_hold), _constant_raw(method, w_train, scale)),
+                          w_hold, scale)  # fmt: skip
+    d = const - net
+    n = len(d)
+    se = float(np.std(d, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    return {
+        "heldout_loss": float(net.mean()) if n else float("nan"),
+        "heldout_loss_constant": float(const.mean()) if n else float("nan"),
+        "gain": float(d.mean()) if n else float("nan"),
+        "gain_error": se,
+        # better by more than twice its paired standard error: a gain within the noise is
+        # not evidence that the network knows more about E[w|x] than the constant does
+        "beats_constant": bool(n > 1 and d.mean() > 2 * se),
+    }
 
 
 def _calibrated(p_apply: np.ndarray, p_hold: np.ndarray, w_hold: np.ndarray) -> np.ndarray:
@@ -335,6 +445,10 @@ def _fit_fold(
     classification: returns the isotonic-calibrated ``p(x)`` on ``x_apply`` (calibrated on the
     held-out events); regression: returns ``f(x)`` in weight units.
     """
+    if settings["method"] == "gbdt":
+        return _fit_fold_gbdt(
+            x_train, w_train, x_hold, w_hold, x_apply, settings=settings, seed=seed
+        )
     import torch
 
     from vhbb.ml import engine
@@ -342,17 +456,37 @@ def _fit_fold(
 
     method = settings["method"]
     scale = float(np.mean(np.abs(w_train)))
+    # the epoch is chosen on a split of the training events of its own: never on the events
+    # that calibrate (that would bias the calibration) nor on those that are weighted
+    stop = np.random.default_rng(seed).random(len(w_train)) < float(settings["stopping_fraction"])
+    if stop.all() or not stop.any():
+        stop = np.zeros(len(w_train), bool)
+    x_fit, w_fit = x_train[~stop], w_train[~stop]
     torch.manual_seed(seed)
     net = build_network(x_train.shape[1], settings["layers"]).to(device)
-    _start_constant(net, method, w_train, scale)
-    train_set, objective = _training_set(method, x_train, w_train, scale, device)
+    _start_constant(net, method, w_fit, scale)
+    train_set, objective = _training_set(method, x_fit, w_fit, scale, device)
+    xs_stop = torch.as_tensor(x_train[stop], dtype=torch.float32, device=device)
+    ws_stop = np.asarray(w_train[stop], dtype=np.float64)
     xh = torch.as_tensor(x_hold, dtype=torch.float32, device=device)
     wh = np.asarray(w_hold, dtype=np.float64)
 
     def validate() -> dict[str, Any]:
-        if len(wh) == 0:
+        if len(ws_stop) == 0:
             return {}
-        return {"heldout/total": _heldout_loss(method, predict(net, xh), wh, scale)}
+        return {"stopping/total": _heldout_loss(method, predict(net, xs_stop), ws_stop, scale)}
+
+    es = settings["early_stopping"]
+    rule = (
+        engine.EarlyStopping(
+            objective=lambda e: e["stopping/total"],
+            monitor="stopping/objective",
+            patience=int(es["patience"]),
+            min_delta=float(es["min_delta"]),
+        )
+        if len(ws_stop)
+        else None
+    )
 
     lr = float(settings["learning_rate"])
     opt = engine.make_optimizer(
@@ -367,15 +501,36 @@ def _fit_fold(
     history = engine.train(
         {"weights": net}, {"weights": opt}, {"train": train_set}, [phase],
         batch_size=int(settings["batch_size"]), seed=seed, validate=validate, progress=False,
+        early_stopping=rule,
     )  # fmt: skip
-    last = history.epochs[-1] if history.epochs else {}
+    best = [e for e in history.epochs if e["epoch"] == history.best_epoch]
+    kept = best[0] if best else (history.epochs[-1] if history.epochs else {})
     info: dict[str, Any] = {
-        "n_train": len(w_train),
+        "n_train": len(w_fit),
+        "n_stopping": int(stop.sum()),
         "n_heldout": len(wh),
         "seconds": time.perf_counter() - t0,
-        "final_loss": last.get("weights/total"),
-        "final_heldout_loss": last.get("heldout/total"),
+        "max_epochs": history.max_epochs,
+        "stop_epoch": history.stop_epoch,
+        "best_epoch": history.best_epoch,
+        "stopped": history.stopped,
+        "final_loss": kept.get("weights/total"),
+        "final_stopping_loss": kept.get("stopping/total"),
     }
+    raw_hold = predict(net, xh) if len(wh) else np.zeros(0)
+    info["versus_constant"] = versus_constant(method, raw_hold, wh, w_train, scale)
+    info["final_heldout_loss"] = info["versus_constant"]["heldout_loss"]
+    use_constant = len(wh) > 1 and not info["versus_constant"]["beats_constant"]
+    info["estimate"] = "constant" if use_constant else "network"
+    if use_constant:
+        # the network does not beat the constant on held-out events: the honest E[w|x] is
+        # the constant (classification: p(x) = the overall |w|-weighted positive fraction)
+        const = _constant_raw(method, w_train, scale)
+        log.warning("weight network does not beat the constant prediction: constant used")
+        if method == "regression":
+            return np.full(len(x_apply), const * scale), info
+        info["calibrated"] = False
+        return np.full(len(x_apply), _sigmoid(np.array([const]))[0]), info
     raw = predict(net, x_apply, device=device)
     if method == "regression":
         return raw * scale, info
@@ -384,7 +539,70 @@ def _fit_fold(
     if not info["calibrated"]:
         log.warning("no held-out events for the isotonic calibration: uncalibrated p(x) used")
         return p_apply, info
-    return _calibrated(p_apply, _sigmoid(predict(net, xh)), wh), info
+    return _calibrated(p_apply, _sigmoid(raw_hold), wh), info
+
+
+def _fit_fold_gbdt(
+    x_train: np.ndarray,
+    w_train: np.ndarray,
+    x_hold: np.ndarray,
+    w_hold: np.ndarray,
+    x_apply: np.ndarray,
+    *,
+    settings: Mapping[str, Any],
+    seed: int,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """``weights.method: gbdt``: scikit-learn's HistGradientBoostingClassifier of the sign,
+    ``|w|`` as sample weight, its iterations stopped on a ``stopping_fraction`` split of the
+    training events (its own early stopping); calibrated on the held-out events and compared
+    with the constant as the network is."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    g = settings["gbdt"]
+    t0 = time.perf_counter()
+    frac = float(settings["stopping_fraction"])
+    clf = HistGradientBoostingClassifier(
+        max_iter=int(g["max_iter"]), learning_rate=float(g["learning_rate"]),
+        max_leaf_nodes=int(g["max_leaf_nodes"]), min_samples_leaf=int(g["min_samples_leaf"]),
+        early_stopping=frac > 0, validation_fraction=frac if frac > 0 else None,
+        n_iter_no_change=10, random_state=seed % (2**31 - 1),
+    )  # fmt: skip
+    y = (w_train > 0).astype(np.int8)
+    minority = int(min(y.sum(), len(y) - y.sum()))
+    if minority < MIN_MINORITY:  # too few events of one sign to learn how p depends on x
+        info = {"n_train": len(w_train), "n_heldout": len(w_hold), "seconds": 0.0,
+                "estimate": "constant", "final_heldout_loss": None,
+                "stopped": f"{minority} training events of the rarer sign (< {MIN_MINORITY}): "
+                "the constant estimate"}  # fmt: skip
+        a = np.abs(w_train)
+        return np.full(len(x_apply), float(a[w_train > 0].sum() / a.sum())), info
+    clf.fit(x_train, y, sample_weight=np.abs(w_train))
+    logit = lambda p: np.log(np.clip(p, 1e-7, 1 - 1e-7) / (1 - np.clip(p, 1e-7, 1 - 1e-7)))  # noqa: E731
+    p_hold = clf.predict_proba(x_hold)[:, 1] if len(w_hold) else np.zeros(0)
+    scale = float(np.mean(np.abs(w_train)))
+    vc = versus_constant("classification", logit(p_hold), np.asarray(w_hold), w_train, scale)
+    info: dict[str, Any] = {
+        "n_train": len(w_train),
+        "n_heldout": len(w_hold),
+        "seconds": time.perf_counter() - t0,
+        "max_epochs": int(g["max_iter"]),
+        "stop_epoch": int(clf.n_iter_),
+        "best_epoch": int(clf.n_iter_),
+        "stopped": f"gradient boosting stopped after {clf.n_iter_} iterations",
+        "versus_constant": vc,
+        "final_heldout_loss": vc["heldout_loss"],
+    }
+    if len(w_hold) > 1 and not vc["beats_constant"]:
+        info["estimate"] = "constant"
+        return np.full(
+            len(x_apply), _sigmoid(np.array([_constant_raw("classification", w_train, scale)]))[0]
+        ), info
+    info["estimate"] = "gbdt"
+    p_apply = clf.predict_proba(x_apply)[:, 1]
+    info["calibrated"] = len(w_hold) > 0
+    if not info["calibrated"]:
+        return p_apply, info
+    return _calibrated(p_apply, p_hold, np.asarray(w_hold)), info
 
 
 def local_mean_weights(
@@ -446,7 +664,7 @@ def local_mean_weights(
             device=dev,
             seed=_seed(seed, name, int(k)),
         )
-        if settings["method"] == "classification":
+        if settings["method"] in ("classification", "gbdt"):
             estimate[apply] = np.abs(w[apply]) * (2.0 * out - 1.0)
         else:
             estimate[apply] = out
@@ -790,8 +1008,11 @@ def run_weights(
     validation_path: str | Path,
     plots_dir: str | Path,
     spec: Mapping[str, Any],
+    checks_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """The stage for one region: read the export, transform, write the weights, JSON and plots."""
+    """The stage for one region: read the export, transform, gate on the validation, write the
+    weights, the check records, the JSON and the plots (nothing is written when the gate
+    fails)."""
     from vhbb.core.io import write_json
     from vhbb.core.provenance import provenance
     from vhbb.data.export import read_h5
@@ -806,6 +1027,18 @@ def run_weights(
     report["seconds"] = time.perf_counter() - t0
     prov = provenance(dict(spec))
     report["provenance"] = prov
+    # the gate: the stage's own validation fails the job (naming region, process and
+    # variable) or, with validation.on_failure: warn, every output carries the warning
+    from vhbb.core import checks as chk
+
+    records = validation_checks(report, float(settings["validation"]["min_p_value"]))
+    records = chk.gate(
+        records, settings["validation"]["on_failure"], context=f"weights {report['region']}"
+    )
+    report["warnings"] = chk.warnings_of(records)
+    report["checks"] = chk.summary(records)
+    if checks_path is not None:
+        chk.write_checks(checks_path, records)
     write_weights(
         h5_path, arrays, out,
         {
@@ -814,6 +1047,7 @@ def run_weights(
             "process_names": list(attrs["process_names"]),
             "method": settings["method"],
             "config": dict(spec),
+            "warnings": report["warnings"],
             "provenance": prov,
         },
     )  # fmt: skip

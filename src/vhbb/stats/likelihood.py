@@ -7,10 +7,16 @@ The expected yield of process ``p`` in bin ``b`` (bins of every channel concaten
 exactly as pyhf builds it (additive shape modifiers first, then multiplicative ones):
 
 * ``x_k`` are normalisation factors (the signal strength ``mu``, the scale factors ``sf_<p>``);
-* ``delta_hpb(a) = a * (up_hpb - m_pb)`` for ``a >= 0`` and ``a * (m_pb - down_hpb)`` otherwise
-  (pyhf ``histosys`` interpolation code 0, piecewise linear), with a unit-Gaussian constraint;
-* ``f_jp(alpha) = hi_jp**alpha`` for ``alpha >= 0``, ``lo_jp**(-alpha)`` otherwise (pyhf
-  ``normsys`` code 1, exponential: a log-normal uncertainty), with a unit-Gaussian constraint;
+* ``delta_hpb(a)`` is pyhf's ``histosys`` interpolation **code 4p** of ``du = up - m`` and
+  ``dd = m - down``: ``a du`` for ``a > 1``, ``a dd`` for ``a < -1`` and, for ``|a| <= 1``,
+  ``a (du + dd) / 2 + (du - dd) / 16 (3 a^6 - 10 a^4 + 15 a^2)`` (value, slope and curvature
+  continuous at ``|a| = 1``; no kink at 0), with a unit-Gaussian constraint;
+* ``f_jp(alpha)`` is pyhf's ``normsys`` **code 4**: ``hi_jp**alpha`` for ``alpha >= 1``,
+  ``lo_jp**(-alpha)`` for ``alpha <= -1`` and the 6th-order polynomial ``1 + sum_i c_i
+  alpha^i`` in between that matches value, first and second derivative at ``|alpha| = 1``
+  (a log-normal uncertainty outside), with a unit-Gaussian constraint.  Codes 4 / 4p are what
+  ``pyhf.Workspace.model()`` uses by default (pyhf 0.7), so the exported workspace
+  (:mod:`vhbb.fit.workspace`) is the same likelihood;
 * ``gamma_b`` is the Barlow-Beeston-lite MC-statistics factor of bin ``b`` (one per bin, shared by
   every process, pyhf ``staterror``): a Gaussian constraint of width ``sigma_b = sqrt(sum_p w2_pb)
   / sum_p m_pb``.  It is either profiled **analytically** bin by bin (the default: the minimum of
@@ -21,7 +27,8 @@ Optionally a group of normalisation factors carries a multivariate Gaussian cons
 ``(x - c)^T C^-1 (x - c) / 2`` (the scale factors of the ``constrained`` mode).
 
 ``nll(x) = sum_b [nu_b - n_b + n_b ln(n_b / nu_b)] + constraints`` (zero for a perfect fit of a
-bin), minimised with iminuit (``errordef = 0.5``) using the analytic gradient.  Profiling gamma
+bin), minimised with iminuit (``errordef = 0.5``) using the analytic gradient; the covariance is the
+inverse of the analytic Hessian of the free parameters (:func:`fit`).  Profiling gamma
 analytically is exact: the profile likelihood has the same minimum, the same HESSE errors (the
 Schur complement) and the same MINOS intervals as the fit with explicit gamma parameters.
 
@@ -120,39 +127,95 @@ class Model:
         raise KeyError(name)
 
 
-# ---------------------------------------------------------------------------- evaluation
-def _factors(model: Model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-process multiplicative factor, its normfactor part and the normsys exponents' slopes."""
-    n_proc = len(model.processes)
-    norm = np.ones(n_proc)
-    for k, i in enumerate(model.norm_index):
-        norm = np.where(model.norm_mask[k], norm * x[i], norm)
-    if len(model.normsys_index):
-        alpha = x[model.normsys_index]
-        slope = np.where(alpha[:, None] >= 0, model.normsys_log_hi, -model.normsys_log_lo)
-        lognorm = np.exp(alpha @ slope)
-    else:
-        slope = np.zeros((0, n_proc))
-        lognorm = np.ones(n_proc)
-    return norm * lognorm, lognorm, slope
+# ---------------------------------------------------------------------------- interpolation
+# pyhf's code 4 (normsys): 1 + sum_i c_i alpha^i for |alpha| < 1, matching value, first and
+# second derivative of hi^alpha / lo^-alpha at alpha = +-1 (pyhf.interpolators.code4, alpha0 = 1).
+_CODE4_AINV = np.array(
+    [
+        [15 / 16, -15 / 16, -7 / 16, -7 / 16, 1 / 16, -1 / 16],
+        [3 / 2, 3 / 2, -9 / 16, 9 / 16, 1 / 16, 1 / 16],
+        [-5 / 8, 5 / 8, 5 / 8, 5 / 8, -1 / 8, 1 / 8],
+        [-3 / 2, -3 / 2, 7 / 8, -7 / 8, -1 / 8, -1 / 8],
+        [3 / 16, -3 / 16, -3 / 16, -3 / 16, 1 / 16, -1 / 16],
+        [1 / 2, 1 / 2, -5 / 16, 5 / 16, 1 / 16, 1 / 16],
+    ]
+)
+_POW = np.arange(1, 7)
 
 
-def _shape_terms(model: Model, x: np.ndarray) -> list[np.ndarray]:
-    """The (P, B) shift array used by each histosys at ``x`` (up or down side)."""
+def code4_coefficients(log_hi: np.ndarray, log_lo: np.ndarray) -> np.ndarray:
+    """(..., 6) polynomial coefficients ``c_1..c_6`` of code 4 for factors ``exp(log_hi)``,
+    ``exp(log_lo)`` (the same linear system as pyhf)."""
+    hi, lo = np.exp(log_hi), np.exp(log_lo)
+    b = np.stack([hi - 1, lo - 1, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo])
+    return np.einsum("rc,c...->...r", _CODE4_AINV, b)
+
+
+def code4(
+    alpha: np.ndarray, log_hi: np.ndarray, log_lo: np.ndarray, coef: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Code-4 factor ``f`` (J, P) at ``alpha`` (J,) and ``f'/f``, ``f''/f`` (the log-slopes)."""
+    a = alpha[:, None]
+    up, down = a >= 1.0, a <= -1.0
+    ac = np.clip(a, -1.0, 1.0)[..., None]  # (J, 1, 1)
+    pw = ac ** (_POW - 1)  # alpha^0..alpha^5
+    poly = 1.0 + np.sum(coef * pw * ac, axis=-1)
+    d1 = np.sum(coef * _POW * pw, axis=-1)
+    d2 = np.sum(coef[..., 1:] * (_POW[1:] * (_POW[1:] - 1)) * pw[..., :-1], axis=-1)
+    poly = np.maximum(poly, TINY)
+    f = np.where(up, np.exp(a * log_hi), np.where(down, np.exp(-a * log_lo), poly))
+    g = np.where(up, log_hi, np.where(down, -log_lo, d1 / poly))
+    h = np.where(up, log_hi**2, np.where(down, log_lo**2, d2 / poly))
+    return f, g, h
+
+
+def code4p(a: float) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+    """Weights ``(u, v)`` of ``(up - nominal, nominal - down)`` in the code-4p shift at ``a`` and
+    their first and second derivatives (pyhf.interpolators.code4p).
+
+    ``|a| <= 1``: ``delta = a S + A (3 a^6 - 10 a^4 + 15 a^2)`` with ``S = (du + dd) / 2``,
+    ``A = (du - dd) / 16``; beyond: linear, ``a du`` (a > 1) or ``a dd`` (a < -1).
+    """
+    if a > 1.0:
+        return (a, 0.0), (1.0, 0.0), (0.0, 0.0)
+    if a < -1.0:
+        return (0.0, a), (0.0, 1.0), (0.0, 0.0)
+    a2 = a * a
+    p = a2 * (a2 * (3.0 * a2 - 10.0) + 15.0) / 16.0
+    p1 = a * (a2 * (18.0 * a2 - 40.0) + 30.0) / 16.0
+    p2 = (a2 * (90.0 * a2 - 120.0) + 30.0) / 16.0
+    return (0.5 * a + p, 0.5 * a - p), (0.5 + p1, 0.5 - p1), (p2, -p2)
+
+
+def _shape_terms(model: Model, x: np.ndarray, order: int = 0) -> list[np.ndarray]:
+    """The (P, B) code-4p shift of each histosys at ``x`` (``order`` 1, 2: its derivatives)."""
     out = []
     for h, i in enumerate(model.histo_index):
-        out.append(model.histo_up[h] if x[i] >= 0 else model.histo_down[h])
+        u, v = code4p(float(x[i]))[order]
+        out.append(u * model.histo_up[h] + v * model.histo_down[h])
     return out
+
+
+# ---------------------------------------------------------------------------- evaluation
+def _normsys_factor(model: Model, x: np.ndarray) -> np.ndarray:
+    """(P,) product over the normsys of their code-4 factors at ``x``."""
+    if not len(model.normsys_index):
+        return np.ones(len(model.processes))
+    lh, ll = model.normsys_log_hi, model.normsys_log_lo
+    f, _, _ = code4(x[model.normsys_index], lh, ll, code4_coefficients(lh, ll))
+    return np.prod(f, axis=0)
 
 
 def expected_by_process(model: Model, x: np.ndarray) -> np.ndarray:
     """(P, B) expected yields at ``x`` (gamma profiled at 1 unless explicit parameters)."""
     x = np.asarray(x, dtype=np.float64)
-    fac, _, _ = _factors(model, x)
+    norm = np.ones(len(model.processes))
+    for k, i in enumerate(model.norm_index):
+        norm = np.where(model.norm_mask[k], norm * x[i], norm)
     m_eff = model.nominal.copy()
-    for i, shift in zip(model.histo_index, _shape_terms(model, x), strict=True):
-        m_eff += x[i] * shift
-    nu = fac[:, None] * m_eff
+    for shift in _shape_terms(model, x):
+        m_eff += shift
+    nu = (norm * _normsys_factor(model, x))[:, None] * m_eff
     if model.stat_sigma is not None and model.stat_mode == "parameters":
         nu = nu * _gamma_params(model, x)[None, :]
     return nu
@@ -164,18 +227,41 @@ def _gamma_params(model: Model, x: np.ndarray) -> np.ndarray:
     return np.where(gidx >= 0, x[np.maximum(gidx, 0)], 1.0)
 
 
-def profiled_gamma(t: np.ndarray, n: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Per-bin minimum over gamma of ``gamma t - n ln(gamma t) + (gamma - 1)^2 / (2 sigma^2)``.
+def profiled_gamma(
+    t: np.ndarray, n: np.ndarray, sigma: np.ndarray, centre: np.ndarray | float = 1.0
+) -> np.ndarray:
+    """Per-bin minimum over gamma of ``gamma t - n ln(gamma t) + (gamma - c)^2 / (2 sigma^2)``.
 
-    The positive root of ``gamma^2 + gamma (t s2 - 1) - n s2 = 0`` (``s2 = sigma^2``), written
-    without cancellation; bins with ``sigma = 0`` have ``gamma = 1``.
+    The positive root of ``gamma^2 + gamma (t s2 - c) - n s2 = 0`` (``s2 = sigma^2``, ``c`` the
+    auxiliary centre, 1 for real data), written without cancellation; bins with ``sigma = 0``
+    have ``gamma = 1``.
     """
     s2 = sigma * sigma
-    a = t * s2 - 1.0
+    a = t * s2 - centre
     disc = np.sqrt(a * a + 4.0 * n * s2)
     with np.errstate(divide="ignore", invalid="ignore"):
         big = np.where(a > 0, 2.0 * n * s2 / (a + disc), 0.5 * (disc - a))
     return np.where(s2 > 0, big, 1.0)
+
+
+@dataclass(frozen=True)
+class AuxData:
+    """Centres of the constraint terms (HistFactory auxiliary data).
+
+    ``alpha`` (N,) is read at the histosys / normsys indices (0 for real data), ``gamma`` (B,) per
+    bin (1), ``gauss`` (G,) for the Gaussian-constrained factors (the model's centre).  An Asimov
+    data set generated at fitted nuisances carries them as its auxiliary data (as pyhf's
+    ``generate_asimov_data``).
+    """
+
+    alpha: np.ndarray
+    gamma: np.ndarray
+    gauss: np.ndarray | None = None
+
+
+def nominal_aux(model: Model) -> AuxData:
+    gauss = None if model.gauss_center is None else np.asarray(model.gauss_center, dtype=float)
+    return AuxData(np.zeros(model.n_params), np.ones(model.n_bins), gauss)
 
 
 class Likelihood:
@@ -183,12 +269,13 @@ class Likelihood:
 
     Per bin the nll is ``phi_b(t_b)`` with ``t_b`` the total expected yield before gamma (with
     gamma profiled: ``phi(t) = min_gamma [...]``, ``phi' = gamma-hat - n/t`` by the envelope
-    theorem, ``phi'' = n/t^2 - 1/(n/gamma-hat^2 + 1/sigma^2)``).  ``t`` is linear in the shifts
-    and a product of normalisation and normsys factors per process, so every derivative is a
-    few (P, B) matrix-vector products.
+    theorem, ``phi'' = n/t^2 - 1/(n/gamma-hat^2 + 1/sigma^2)``).  ``t`` is linear in the code-4p
+    shifts and a product of normalisation and code-4 factors per process, so every derivative is
+    a few (P, B) matrix-vector products.  ``aux`` shifts the constraint centres (default: real
+    data, :func:`nominal_aux`).
     """
 
-    def __init__(self, model: Model, observed: np.ndarray) -> None:
+    def __init__(self, model: Model, observed: np.ndarray, aux: AuxData | None = None) -> None:
         self.model = model
         n = np.asarray(observed, dtype=np.float64)
         if n.shape != (model.n_bins,):
@@ -196,6 +283,7 @@ class Likelihood:
         if np.any(n < 0) or not np.all(np.isfinite(n)):
             raise FitError("observations must be finite and non-negative")
         self.n = n
+        self.aux = nominal_aux(model) if aux is None else aux
         pos = n > 0
         self._const = float(np.sum(n[pos] * np.log(n[pos]) - n[pos]))
         self.ncall = 0
@@ -203,18 +291,24 @@ class Likelihood:
         self._sigma = None if sigma is None else np.asarray(sigma, dtype=np.float64)
         self._profile = sigma is not None and model.stat_mode == "profile"
         self._params = sigma is not None and model.stat_mode == "parameters"
+        self._gcentre = np.asarray(self.aux.gamma, dtype=np.float64)
         if self._params:
             gidx = model.gamma_index
             assert gidx is not None
             self._gmask = gidx >= 0
             self._gidx = gidx[self._gmask]
             self._gsig2 = self._sigma[self._gmask] ** 2  # type: ignore[index]
+            self._gc = self._gcentre[self._gmask]
         # parameters acting through the per-process factor: normfactors then normsys
         self._fac_index = np.concatenate([model.norm_index, model.normsys_index]).astype(int)
         self._n_k, self._n_j = len(model.norm_index), len(model.normsys_index)
         self._maskf = model.norm_mask.astype(np.float64)
         self._ones = np.ones(len(model.processes))
         self._no_slope = np.zeros((0, len(model.processes)))
+        self._c4 = code4_coefficients(model.normsys_log_hi, model.normsys_log_lo)
+        # unit-Gaussian constrained nuisances (histosys, normsys) and their centres
+        self._alpha_index = np.concatenate([model.histo_index, model.normsys_index]).astype(int)
+        self._alpha_centre = np.asarray(self.aux.alpha, dtype=np.float64)[self._alpha_index]
         if self._sigma is not None:
             s2 = self._sigma**2
             self._half_inv_s2 = np.divide(0.5, s2, out=np.zeros_like(s2), where=s2 > 0)
@@ -227,11 +321,12 @@ class Likelihood:
         model = self.model
         n_k, n_j = self._n_k, self._n_j
         if n_j:
-            alpha = x[model.normsys_index]
-            slope = np.where(alpha[:, None] >= 0, model.normsys_log_hi, -model.normsys_log_lo)
-            lognorm = np.exp(alpha @ slope)
+            f, slope, curv = code4(
+                x[model.normsys_index], model.normsys_log_hi, model.normsys_log_lo, self._c4
+            )
+            lognorm = np.prod(f, axis=0)
         else:
-            slope = self._no_slope
+            slope = curv = self._no_slope
             lognorm = self._ones
         d1 = np.empty((n_k + n_j, len(lognorm)))
         if n_k:
@@ -258,26 +353,37 @@ class Likelihood:
             d2[k, n_k:] = d1[k] * slope
             d2[n_k:, k] = d2[k, n_k:]
         d2[n_k:, n_k:] = fac * slope[:, None, :] * slope[None, :, :]
+        for j in range(n_j):
+            d2[n_k + j, n_k + j] = fac * curv[j]
         return fac, d1, d2
 
     def _core(self, x: np.ndarray, second: bool) -> dict[str, Any]:
         model = self.model
         fac, d1, d2 = self._fac_derivs(x, second)
-        shifts = _shape_terms(model, x)
-        t = fac @ model.nominal
-        for i, shift in zip(model.histo_index, shifts, strict=True):
-            if x[i] != 0.0:
-                t = t + x[i] * (fac @ shift)
-        t = np.maximum(t, TINY)
-        return {"fac": fac, "d1": d1, "d2": d2, "shifts": shifts, "t": t}
+        m_eff = model.nominal
+        for shift in _shape_terms(model, x):
+            m_eff = m_eff + shift
+        t = np.maximum(fac @ m_eff, TINY)
+        return {
+            "fac": fac,
+            "d1": d1,
+            "d2": d2,
+            "m_eff": m_eff,
+            "slopes": _shape_terms(model, x, 1),
+            "curvs": _shape_terms(model, x, 2) if second else None,
+            "t": t,
+        }
 
-    def _apply_eff(self, x: np.ndarray, shifts: list[np.ndarray], v: np.ndarray) -> np.ndarray:
-        """``m_eff @ v`` without building ``m_eff = nominal + sum_h a_h shift_h``."""
-        out = self.model.nominal @ v
-        for i, shift in zip(self.model.histo_index, shifts, strict=True):
-            if x[i] != 0.0:
-                out = out + x[i] * (shift @ v)
-        return out
+    def gamma_hat(self, x: np.ndarray) -> np.ndarray | None:
+        """Per-bin MC-statistics factor at ``x`` (profiled or the parameters; None without)."""
+        return self._phi(np.asarray(x, dtype=np.float64), self._core(x, False)["t"])[2]
+
+    def expected(self, x: np.ndarray) -> np.ndarray:
+        """Expected total yield per bin at ``x``, including the (profiled) gamma."""
+        x = np.asarray(x, dtype=np.float64)
+        t = self._core(x, False)["t"]
+        gamma = self._phi(x, t)[2]
+        return t if gamma is None else gamma * t
 
     def _phi(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
         """Sum over bins of phi, phi' (B,) and gamma (profiled or parameters; else None)."""
@@ -285,16 +391,16 @@ class Likelihood:
         if self._profile:
             sig = self._sigma
             assert sig is not None
-            gamma = profiled_gamma(t, n, sig)
+            gamma = profiled_gamma(t, n, sig, self._gcentre)
             nu = np.maximum(gamma * t, TINY)
-            pen = (gamma - 1.0) ** 2 * self._half_inv_s2
+            pen = (gamma - self._gcentre) ** 2 * self._half_inv_s2
             value = float(np.sum(nu - n * np.log(nu)) + np.sum(pen))
             return value, gamma - n / t, gamma
         if self._params:
             gamma = np.ones(len(t))
             gamma[self._gmask] = x[self._gidx]
             nu = np.maximum(gamma * t, TINY)
-            dg = gamma[self._gmask] - 1.0
+            dg = gamma[self._gmask] - self._gc
             value = float(np.sum(nu - n * np.log(nu)) + np.sum(dg * dg / (2.0 * self._gsig2)))
             return value, gamma - n / t, gamma
         return float(np.sum(t - n * np.log(t))), 1.0 - n / t, None
@@ -307,22 +413,20 @@ class Likelihood:
         value, r, gamma = self._phi(x, c["t"])
         value += self._const  # saturated model: nll = 0 for nu = n
         grad = np.zeros(len(x))
-        g_eff = self._apply_eff(x, c["shifts"], r)  # (P,)
-        grad[self._fac_index] += c["d1"] @ g_eff
-        for i, shift in zip(model.histo_index, c["shifts"], strict=True):
-            grad[i] += float(c["fac"] @ (shift @ r)) + x[i]
-            value += 0.5 * x[i] * x[i]
-        if len(model.normsys_index):
-            a = x[model.normsys_index]
-            grad[model.normsys_index] += a
-            value += 0.5 * float(a @ a)
+        grad[self._fac_index] += c["d1"] @ (c["m_eff"] @ r)
+        for i, slope in zip(model.histo_index, c["slopes"], strict=True):
+            grad[i] += float(c["fac"] @ (slope @ r))
+        if len(self._alpha_index):
+            d = x[self._alpha_index] - self._alpha_centre
+            grad[self._alpha_index] += d
+            value += 0.5 * float(d @ d)
         if self._params:
             n, t = self.n, c["t"]
             assert gamma is not None
-            dg = (gamma[self._gmask] - 1.0) / self._gsig2
+            dg = (gamma[self._gmask] - self._gc) / self._gsig2
             grad[self._gidx] = (t - n / np.maximum(gamma, TINY))[self._gmask] + dg
         if model.gauss_index is not None:
-            d = x[model.gauss_index] - model.gauss_center
+            d = x[model.gauss_index] - self.aux.gauss
             w = model.gauss_inv_cov @ d  # type: ignore[operator]
             value += 0.5 * float(d @ w)
             grad[model.gauss_index] += w
@@ -339,7 +443,7 @@ class Likelihood:
         return np.where(self.n > 0, self.n / np.maximum(t, 1e-150) ** 2, 0.0)
 
     def hessian(self, x: np.ndarray) -> np.ndarray:
-        """Exact Hessian (the side of each histosys kink that ``x`` is on; ``a = 0``: up)."""
+        """Exact Hessian (codes 4 and 4p are twice continuously differentiable)."""
         x = np.asarray(x, dtype=np.float64)
         model, n = self.model, self.n
         c = self._core(x, second=True)
@@ -347,13 +451,9 @@ class Likelihood:
         _, r, gamma = self._phi(x, t)
         n_par = len(x)
         jac = np.zeros((n_par, len(t)))
-        jac_fac = c["d1"] @ model.nominal
-        for i, shift in zip(model.histo_index, c["shifts"], strict=True):
-            if x[i] != 0.0:
-                jac_fac += x[i] * (c["d1"] @ shift)
-        jac[self._fac_index] = jac_fac
-        for i, shift in zip(model.histo_index, c["shifts"], strict=True):
-            jac[i] = fac @ shift
+        jac[self._fac_index] = c["d1"] @ c["m_eff"]
+        for i, slope in zip(model.histo_index, c["slopes"], strict=True):
+            jac[i] = fac @ slope
         if self._profile:
             sig = self._sigma
             assert sig is not None and gamma is not None
@@ -365,16 +465,15 @@ class Likelihood:
         else:
             curv = self._data_curv(t)
         hess = (jac * curv) @ jac.T
-        g_eff = self._apply_eff(x, c["shifts"], r)
         fi = self._fac_index
-        hess[np.ix_(fi, fi)] += c["d2"] @ g_eff
-        for i, shift in zip(model.histo_index, c["shifts"], strict=True):
-            cross = c["d1"] @ (shift @ r)
+        hess[np.ix_(fi, fi)] += c["d2"] @ (c["m_eff"] @ r)
+        for i, slope, second in zip(model.histo_index, c["slopes"], c["curvs"], strict=True):
+            cross = c["d1"] @ (slope @ r)
             hess[fi, i] += cross
             hess[i, fi] += cross
-            hess[i, i] += 1.0
-        if len(model.normsys_index):
-            hess[model.normsys_index, model.normsys_index] += 1.0
+            hess[i, i] += float(fac @ (second @ r))
+        if len(self._alpha_index):
+            hess[self._alpha_index, self._alpha_index] += 1.0
         if self._params:
             assert gamma is not None
             g = self._gidx
@@ -390,6 +489,17 @@ def asimov(model: Model, x: np.ndarray | None = None) -> np.ndarray:
     """Expected total yield per bin at ``x`` (default: the model's initial values)."""
     x = model.init if x is None else np.asarray(x, dtype=np.float64)
     return expected_by_process(model, x).sum(axis=0)
+
+
+def fitted_asimov(model: Model, observed: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, AuxData]:
+    """The Asimov data set at fitted parameters ``x`` with its auxiliary data (the constraint
+    centres at the fitted nuisances, gamma at its fitted value), as pyhf's Asimov data."""
+    x = np.asarray(x, dtype=np.float64)
+    lik = Likelihood(model, observed)
+    gamma = lik.gamma_hat(x)
+    gauss = None if model.gauss_index is None else x[model.gauss_index].copy()
+    aux = AuxData(x.copy(), np.ones(model.n_bins) if gamma is None else gamma, gauss)
+    return lik.expected(x), aux
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -470,6 +580,9 @@ def _step(model: Model, i: int) -> float:
     return step
 
 
+ANALYTIC = "analytic Hessian"
+
+
 def fit(
     model: Model,
     observed: np.ndarray,
@@ -480,35 +593,66 @@ def fit(
     strategy: int = 1,
     label: str = "fit",
     require_valid: bool = True,
+    aux: AuxData | None = None,
 ) -> FitResult:
-    """Maximum-likelihood fit (MIGRAD, then HESSE and MINOS on ``minos``; :mod:`vhbb.stats.minuit`).
+    """Maximum-likelihood fit: MIGRAD, the covariance, MINOS on ``minos`` (:mod:`.minuit`).
 
-    Raises :class:`FitError` naming the status when MIGRAD, HESSE or MINOS fails (unless
-    ``require_valid`` is false, then the status is returned).
+    With ``hesse`` the covariance is the inverse of the **analytic Hessian** of the free
+    parameters at the minimum (fixed parameters are not parameters of the fit; a parameter on
+    one of its limits is excluded, its error 0, and named in ``status.at_limit``).  Without it,
+    MIGRAD's approximation.  Raises :class:`FitError` naming the status when MIGRAD fails, the
+    Hessian is not positive definite or MINOS fails (unless ``require_valid`` is false, then the
+    status is returned).
     """
-    lik = Likelihood(model, observed)
+    lik = Likelihood(model, observed, aux)
     m, free = _minuit(lik, model, tolerance, strategy)
     mn.migrad(m, label, require_valid=require_valid)
+    values = model.init.astype(np.float64).copy()
+    values[free] = np.array(m.values, dtype=np.float64)
+    cov = np.zeros((model.n_params, model.n_params))
+    limited: list[str] = []
     if hesse:
-        mn.hesse(m, label, require_valid=require_valid)
+        hess = lik.hessian(values)[np.ix_(free, free)]
+        limits = [model.bounds[i] for i in free]
+        edge = mn.at_limit(values[free], lik.grad(values)[free], np.diag(hess), limits)
+        free_cov = mn.hessian_covariance(hess, edge)
+        limited = [model.names[i] for i in free[edge]]
+        posdef = free_cov is not None
+        if not posdef and require_valid:
+            raise FitError(
+                f"{label}: HESSE failed (analytic Hessian not positive definite; "
+                f"{mn.status_text(m.fmin)})"
+            )
+    else:
+        free_cov = mn.covariance(m)
+        posdef = bool(m.fmin.has_posdef_covar)
     minos_out: dict[str, tuple[float, float]] = {}
     minos_valid: bool | None = None
     if minos:
+        m.hesse()  # Minuit's own error matrix: MINOS's starting point only
         minos_out, minos_valid = mn.minos(m, minos, label, require_valid=require_valid)
-    values = model.init.astype(np.float64).copy()
-    values[free] = np.array(m.values, dtype=np.float64)
-    errors = np.zeros(model.n_params)
-    errors[free] = np.array(m.errors, dtype=np.float64)
-    cov = np.zeros((model.n_params, model.n_params))
-    free_cov = mn.covariance(m)
     cov[np.ix_(free, free)] = np.nan if free_cov is None else free_cov
+    errors = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    if not hesse:
+        errors[free] = np.array(m.errors, dtype=np.float64)
+    fmin = m.fmin
+    status = FitStatus(
+        valid=bool(fmin.is_valid),
+        covariance_accurate=posdef if hesse else bool(fmin.has_accurate_covar),
+        covariance_posdef=posdef,
+        edm=float(fmin.edm),
+        nfcn=int(fmin.nfcn),
+        minos_valid=minos_valid,
+        covariance_method=ANALYTIC if hesse else "MIGRAD approximation",
+        at_limit=tuple(limited),
+    )
     return FitResult(
         names=model.names,
         values=values,
         errors=errors,
         covariance=cov,
-        nll=float(m.fmin.fval),
-        status=FitStatus.from_fmin(m.fmin, minos_valid),
+        nll=float(fmin.fval),
+        status=status,
         minos=minos_out,
     )
 
@@ -521,11 +665,12 @@ def profile_nll(
     start: Any = None,
     require_valid: bool = True,
     tolerance: float = 0.001,
+    aux: AuxData | None = None,
 ) -> float:
     """Minimum of the nll with the POI fixed at ``poi_value`` (nuisances profiled).
 
-    The default tolerance is 100 times tighter than the fit's: q0 and the scan are differences of
-    two minima, and the code-0 kink of a histosys at 0 makes Minuit's EDM optimistic.
+    The default tolerance is 100 times tighter than the fit's: q0, the scan and the limits are
+    differences of two minima.
     """
     fixed = model.with_fixed({model.poi: poi_value})
     if start is not None:
@@ -534,10 +679,16 @@ def profile_nll(
         fixed = replace(fixed, init=init)
     free = [i for i, f in enumerate(fixed.fixed) if not f]
     if not free:
-        return Likelihood(fixed, observed)(fixed.init)
+        return Likelihood(fixed, observed, aux)(fixed.init)
     label = f"{model.poi} = {poi_value:g}"
     res = fit(
-        fixed, observed, hesse=False, label=label, require_valid=require_valid, tolerance=tolerance
+        fixed,
+        observed,
+        hesse=False,
+        label=label,
+        require_valid=require_valid,
+        tolerance=tolerance,
+        aux=aux,
     )
     return res.nll if (res.status.valid or require_valid) else float("nan")
 
@@ -784,11 +935,14 @@ def toy_model(
     jes: bool = True,
     lnn: bool = True,
     seed: int = 1,
+    jes_asymmetry: float = 0.0,
 ) -> tuple[Model, np.ndarray]:
     """A synthetic SR (``n_mjj x n_score``) + ``n_cr`` one-bin CR model and its Asimov data.
 
     Used by the tests and the benchmark: a Gaussian m_jj peak of signal (ZH) and VZ on falling
     backgrounds, signal rising with the score; three scale-factor processes, lnN on the others.
+    ``jes_asymmetry`` adds ``+a`` to the up and ``-a/2`` to the down side of the relative JES
+    shift (a = 0: symmetric).
     """
     rng = np.random.default_rng(seed)
     mjj = (np.arange(n_mjj) + 0.5) / n_mjj * 200 + 50
@@ -824,11 +978,10 @@ def toy_model(
     sumw2 = {p: v * rng.uniform(0.02, 0.3, len(v)) for p, v in nominal.items()}
     histosys = None
     if jes:
-        # a smooth, symmetric shift (m_jj scale): no kink of code 0 at a = 0
+        # a smooth shift (m_jj scale), symmetric unless jes_asymmetry
         slope = np.concatenate([((mm - 150) / 100).ravel(), np.full(n_cr, 0.2)])
-        histosys = {
-            "jes": {p: (v * (1 + 0.03 * slope), v * (1 - 0.03 * slope)) for p, v in nominal.items()}
-        }
+        up, down = 0.03 * slope + jes_asymmetry, 0.03 * slope + 0.5 * jes_asymmetry
+        histosys = {"jes": {p: (v * (1 + up), v * (1 - down)) for p, v in nominal.items()}}
     normsys = None
     if lnn:
         normsys = {

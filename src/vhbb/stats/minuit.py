@@ -42,9 +42,13 @@ class FitStatus:
     edm: float
     nfcn: int
     minos_valid: bool | None = None
+    covariance_method: str = "Minuit HESSE"
+    at_limit: tuple[str, ...] = ()
 
     @classmethod
-    def from_fmin(cls, fmin: Any, minos_valid: bool | None = None) -> FitStatus:
+    def from_fmin(
+        cls, fmin: Any, minos_valid: bool | None = None, method: str = "Minuit HESSE"
+    ) -> FitStatus:
         return cls(
             valid=bool(fmin.is_valid),
             covariance_accurate=bool(fmin.has_accurate_covar),
@@ -52,6 +56,7 @@ class FitStatus:
             edm=float(fmin.edm),
             nfcn=int(fmin.nfcn),
             minos_valid=minos_valid,
+            covariance_method=method,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,6 +68,8 @@ class FitStatus:
             "edm": self.edm,
             "nfcn": self.nfcn,
             "minos_valid": self.minos_valid,
+            "covariance_method": self.covariance_method,
+            "at_limit": list(self.at_limit),
         }
 
 
@@ -150,6 +157,47 @@ def minos(
     if bad and require_valid:
         raise FitError(f"{label}: MINOS failed for {', '.join(bad)}")
     return intervals, not bad
+
+
+def at_limit(
+    values: np.ndarray,
+    grad: np.ndarray,
+    hess_diag: np.ndarray,
+    limits: Sequence[tuple[float | None, float | None]],
+) -> np.ndarray:
+    """Bool mask of the parameters the minimum sits on a limit of.
+
+    At a limit: closer to it than 1e-6 of the conditional width ``1/sqrt(H_ii)``, or closer than
+    0.1 of it with the gradient pushing outwards (a fall of more than 0.01 in the nll per width).
+    """
+    width = 1.0 / np.sqrt(np.maximum(hess_diag, 1e-300))
+    out = np.zeros(len(values), dtype=bool)
+    for i, (lo, hi) in enumerate(limits):
+        for bound, sign in ((lo, 1.0), (hi, -1.0)):
+            if bound is None:
+                continue
+            dist = abs(values[i] - bound) / width[i]
+            push = sign * grad[i] * width[i]
+            if dist < 1e-6 or (dist < 0.1 and push > 0.01):
+                out[i] = True
+    return out
+
+
+def hessian_covariance(hess: np.ndarray, excluded: np.ndarray) -> np.ndarray | None:
+    """Inverse of the Hessian over the parameters not ``excluded`` (their rows and columns 0);
+    None when that block is not positive definite."""
+    keep = np.flatnonzero(~excluded)
+    cov = np.zeros_like(hess)
+    if not len(keep):
+        return cov
+    block = hess[np.ix_(keep, keep)]
+    try:
+        chol = np.linalg.cholesky(block)
+    except np.linalg.LinAlgError:
+        return None
+    inv_l = np.linalg.solve(chol, np.eye(len(keep)))
+    cov[np.ix_(keep, keep)] = inv_l.T @ inv_l
+    return cov
 
 
 def covariance(m: Any) -> np.ndarray | None:

@@ -16,7 +16,14 @@ import torch
 
 from vhbb.ml import engine
 from vhbb.ml.methods import register
-from vhbb.ml.methods.base import Context, Plan, classifier_loss, classifier_phase, min_max_phases
+from vhbb.ml.methods.base import (
+    Context,
+    Plan,
+    classifier_loss,
+    classifier_phase,
+    decorrelated_objective,
+    min_max_phases,
+)
 from vhbb.ml.networks import GaussianMixtureHead, RegressionHead
 
 
@@ -61,4 +68,14 @@ def build(ctx: Context) -> Plan:
     plan = Plan.classifier(ctx)
     pretrain = classifier_phase(ctx, ctx.spec["adversary"]["pretrain_clf_epochs"])
     plan.phases = [pretrain, *adversary_phases(ctx, plan, joint_epochs=ctx.spec["epochs"])]
+    stop_on_decorrelated_loss(ctx, plan)
     return plan
+
+
+def stop_on_decorrelated_loss(ctx: Context, plan: Plan) -> None:
+    """Early stopping on ``val/bce + w * val/dcor_mjj`` in the ``joint`` phase only (the
+    adversary's own loss is not monitored: a winning adversary must not look like progress);
+    ``w`` is ``early_stopping.decorrelation_weight``."""
+    weight = (ctx.spec.get("early_stopping") or {}).get("decorrelation_weight", 0.0)
+    plan.objective = decorrelated_objective(weight)
+    plan.monitored_phases = ("joint",)

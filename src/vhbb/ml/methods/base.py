@@ -55,6 +55,11 @@ class Plan:
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     batch_size: dict[str, int] = field(default_factory=dict)
     metrics: list[Metrics] = field(default_factory=list)
+    #: the validation objective early stopping monitors (lower is better), from an epoch's
+    #: history entry; default: the classifier's validation cross-entropy
+    objective: Callable[[Mapping[str, Any]], float] = field(default=lambda e: e["val/bce"])
+    #: the phases in which early stopping acts (None: all; pre-training phases never stop)
+    monitored_phases: tuple[str, ...] | None = None
 
     @classmethod
     def classifier(cls, ctx: Context) -> Plan:
@@ -65,6 +70,17 @@ class Plan:
     def add(self, key: str, network: Any, optimizer: Any) -> None:
         self.networks[key] = network
         self.optimizers[key] = optimizer
+
+
+def decorrelated_objective(weight: float) -> Callable[[Mapping[str, Any]], float]:
+    """``val/bce + weight * val/dcor_mjj``: the classifier loss plus its decorrelation term on
+    the validation events.  dCor^2 does not depend on an adversary, so a winning adversary (a
+    large adversary loss) is never rewarded."""
+
+    def objective(entry: Mapping[str, Any]) -> float:
+        return float(entry["val/bce"]) + weight * float(entry.get("val/dcor_mjj", 0.0))
+
+    return objective
 
 
 def classifier_loss(b: Mapping[str, Any], logit: Any) -> Any:

@@ -14,7 +14,7 @@ import torch
 
 from vhbb.ml import engine
 from vhbb.ml.methods import register
-from vhbb.ml.methods.base import Context, Plan, classifier_loss
+from vhbb.ml.methods.base import Context, Plan, classifier_loss, decorrelated_objective
 from vhbb.stats.disco import distance_corr_sq
 
 
@@ -69,4 +69,6 @@ def phase(ctx: Context, epochs: int) -> engine.Phase:
 def build(ctx: Context) -> Plan:
     plan = Plan.classifier(ctx)
     plan.phases.append(phase(ctx, ctx.spec["epochs"]))
+    # validation objective: the training loss (cross-entropy + lambda dCor^2) on held-out events
+    plan.objective = decorrelated_objective(ctx.spec["disco"]["lambda"])
     return plan

@@ -15,4 +15,5 @@ def build(ctx: Context) -> Plan:
     plan = Plan.classifier(ctx)
     adversary = adversarial.adversary_phases(ctx, plan, joint_epochs=max(1, epochs - n_disco))
     plan.phases = [disco.phase(ctx, n_disco), *adversary]
+    adversarial.stop_on_decorrelated_loss(ctx, plan)
     return plan

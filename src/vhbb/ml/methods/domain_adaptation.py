@@ -76,4 +76,5 @@ def build(ctx: Context) -> Plan:
         engine.Phase("domain", spec["epochs"], steps, {"clf": ctx.lr, "domain": lr_domain}),
     ]
     plan.metrics.append(lambda: data_mc_ks(clf, dataset))
+    plan.monitored_phases = ("domain",)  # validation cross-entropy, after the pre-training
     return plan

@@ -55,4 +55,5 @@ def build(ctx: Context) -> Plan:
             "sys", obj_sys, obj_sys_joint, sa, joint_epochs=joint_epochs, clf_lr=ctx.lr
         ),
     ]
+    plan.monitored_phases = ("joint",)  # validation cross-entropy of the min-max phase
     return plan

@@ -1,0 +1,161 @@
+"""The engine's early stopping (best-epoch restore, resume), and its safe checkpoints."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from vhbb.core.errors import ConfigError
+from vhbb.ml import engine
+
+torch = pytest.importorskip("torch")
+
+# a validation objective with its minimum at epoch 4, then rising (over-training)
+CURVE = {e: (e - 4) ** 2 + 1.0 for e in range(1, 100)}
+
+
+def setup(seed: int = 0):  # type: ignore[no-untyped-def]
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = engine.make_optimizer(list(net.parameters()), "adam", 0.01)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 3, generator=g)
+    data = {"train": {"x": x, "y": (x[:, 0] > 0).float()}}
+
+    def objective(nets, b):  # type: ignore[no-untyped-def]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            nets["net"](b["x"]).squeeze(-1), b["y"]
+        )
+        return {"total": loss}
+
+    phases = [engine.Phase("main", 30, [engine.Step("net", objective)], {"net": 0.01})]
+    return {"net": net}, {"net": opt}, data, phases
+
+
+def run(tmp=None, validate=None, every=1):  # type: ignore[no-untyped-def]
+    nets, opts, data, phases = setup()
+    snapshots = {}
+
+    def v():  # type: ignore[no-untyped-def]
+        epoch = len(snapshots) + 1
+        snapshots[epoch] = {k: t.clone() for k, t in nets["net"].state_dict().items()}
+        return {"val/bce": CURVE[epoch]} if validate is None else validate(epoch)
+
+    rule = engine.EarlyStopping(objective=lambda e: e["val/bce"], patience=3, min_delta=0.0)
+    hist = engine.train(
+        nets, opts, data, phases, batch_size=64, seed=5, validate=v, checkpoint_dir=tmp,
+        checkpoint_every=every, early_stopping=rule, progress=False,
+    )  # fmt: skip
+    return nets["net"], hist, snapshots
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch():
+    net, hist, snaps = run()
+    assert hist.best_epoch == 4 and hist.stop_epoch == 7 < hist.max_epochs == 30
+    assert "early stopping at epoch 7" in hist.stopped and "best epoch 4" in hist.stopped
+    for k, t in net.state_dict().items():
+        assert torch.equal(t, snaps[4][k])
+    assert [e["val/objective"] for e in hist.epochs] == [CURVE[e] for e in range(1, 8)]
+
+
+def test_no_stop_restores_the_best_and_says_maximum_reached():
+    nets, opts, data, phases = setup()
+    phases[0].epochs = 3
+    rule = engine.EarlyStopping(objective=lambda e: -e["epoch"], patience=2)
+    hist = engine.train(nets, opts, data, phases, batch_size=64, seed=5,
+                        validate=lambda: {}, early_stopping=rule, progress=False)  # fmt: skip
+    assert hist.best_epoch == 3 and hist.stop_epoch == 3
+    assert hist.stopped.startswith("maximum epochs reached")
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kill_at", [3, 6, 7])
+def test_killed_and_resumed_training_gives_the_identical_result(tmp_path, kill_at):
+    """Killed after epoch ``kill_at - 1`` (before, inside and at the end of the patience)."""
+    ref, ref_hist, _ = run()
+
+    def dies(epoch):  # type: ignore[no-untyped-def]
+        if epoch == kill_at:
+            raise Killed
+        return {"val/bce": CURVE[epoch]}
+
+    with pytest.raises(Killed):
+        run(tmp_path, validate=dies)
+    # the resumed run's validation counter restarts: index the curve by the history instead
+    nets, opts, data, phases = setup()
+
+    def v_resumed():  # type: ignore[no-untyped-def]
+        return {}
+
+    rule = engine.EarlyStopping(objective=lambda e: CURVE[e["epoch"]], patience=3)
+    hist = engine.train(
+        nets, opts, data, phases, batch_size=64, seed=5, validate=v_resumed,
+        checkpoint_dir=tmp_path, early_stopping=rule, progress=False,
+    )  # fmt: skip
+    assert (hist.best_epoch, hist.stop_epoch) == (ref_hist.best_epoch, ref_hist.stop_epoch)
+    for k, t in nets["net"].state_dict().items():
+        assert torch.equal(t, ref.state_dict()[k])
+
+
+def test_corrupt_checkpoint_is_discarded_and_training_completes(tmp_path, caplog):
+    ref, _, _ = run()
+    (tmp_path / "last.pt").write_bytes(b"\x00not a checkpoint")
+    net, hist, _ = run(tmp_path)
+    assert "does not load" in caplog.text and str(tmp_path / "last.pt") in caplog.text
+    assert hist.stop_epoch == 7
+    for k, t in net.state_dict().items():
+        assert torch.equal(t, ref.state_dict()[k])
+
+
+class Planted:
+    """Pickled, it would create a file when unpickled without ``weights_only``."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_planted_pickle_in_checkpoints_is_not_executed(tmp_path, caplog):
+    marker = tmp_path / "pwned"
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt_dir.mkdir()
+    torch.save({"networks": Planted(str(marker))}, ckpt_dir / "last.pt")
+    assert not marker.exists()
+    _, hist, _ = run(ckpt_dir)
+    assert not marker.exists(), "the planted checkpoint ran code"
+    assert "does not load" in caplog.text
+    assert hist.stop_epoch == 7
+    # the control: the same file unpickled without weights_only would have run the code
+    torch.save({"networks": Planted(str(marker))}, tmp_path / "again.pt")
+    torch.load(tmp_path / "again.pt", weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_names_the_key():
+    with pytest.raises(ConfigError, match=r"config error at 'device'.*use device: auto or cpu"):
+        engine.resolve_device("cuda")
+    with pytest.raises(ConfigError, match="'device'"):
+        engine.resolve_device("tpu9")
+
+
+def test_signed_weight_failures_are_flagged():
+    from vhbb.ml.train import signed_weight_warnings
+
+    epochs = [
+        {"epoch": i, "clf/bce": b, "val/bce": v}
+        for i, (b, v) in enumerate([(0.6, 0.60), (0.3, 0.61), (-0.2, 0.7), (-5.0, 2.0)], 1)
+    ]
+    lines = signed_weight_warnings(epochs, "raw")
+    assert any("below zero from epoch 3" in x and "'raw'" in x for x in lines)
+    assert any("validation loss rises" in x for x in lines)
+    healthy = [
+        {"epoch": i, "clf/bce": 0.6 - 0.01 * i, "val/bce": 0.6 - 0.005 * i} for i in range(6)
+    ]
+    assert signed_weight_warnings(healthy, "raw") == []

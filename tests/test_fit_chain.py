@@ -1,0 +1,150 @@
+"""The fit stage's own drivers on small inputs: the workspace the chain writes is a valid pyhf
+workspace and pyhf reproduces the chain's signal-strength fit and limits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, require_module
+
+from vhbb.fit import signal_fit as sfit
+from vhbb.fit import templates as bn
+
+SR, CRS = "SR_medhigh_Znn", ["CR_tt", "CR_Zhf", "CR_Zlf"]
+# process: (events, m_jj peak or None for falling, region probabilities SR / tt / Zhf / Zlf)
+PROCS = {
+    "ZH": (6000, 125.0, [0.9, 0.02, 0.05, 0.03]),
+    "VZ": (3000, 91.0, [0.8, 0.05, 0.1, 0.05]),
+    "TT": (12000, None, [0.3, 0.6, 0.05, 0.05]),
+    "Zhf": (12000, None, [0.35, 0.05, 0.5, 0.1]),
+    "Zlf": (12000, None, [0.1, 0.05, 0.15, 0.7]),
+    "others": (3000, None, [0.4, 0.2, 0.2, 0.2]),
+}
+WEIGHT = 0.2
+
+
+def _events(rng: np.random.Generator, n: int, peak: float | None, probs: list[float]) -> dict:
+    mjj = rng.normal(peak, 12.0, n) if peak else 50.0 + rng.exponential(60.0, n)
+    signal_like = peak == 125.0
+    score = rng.beta(4, 2, n) if signal_like else rng.beta(2, 3, n)
+    region = rng.choice([SR, *CRS], size=n, p=probs)
+    ev = {"weight": np.full(n, WEIGHT), "region": region, "m_jj": mjj, "score": score}
+    # an asymmetric JES: +3 % up, -2 % down in m_jj, a small score migration
+    for sfx, k, ds in (("_jesUp", 1.03, 0.01), ("_jesDown", 0.98, -0.005)):
+        ev[f"region{sfx}"] = region
+        ev[f"m_jj{sfx}"] = mjj * k
+        ev[f"score{sfx}"] = np.clip(score + ds, 0.0, 1.0)
+    return ev
+
+
+@pytest.fixture(scope="module")
+def chain_inputs(tmp_path_factory) -> dict:
+    """``hists.h5`` and ``scale_factors.json`` as the chain writes them, and the fit params."""
+    from vhbb import config
+    from vhbb.config import params as P
+
+    tmp = tmp_path_factory.mktemp("chain")
+    rng = np.random.default_rng(11)
+    mc = {p: _events(rng, n, peak, probs) for p, (n, peak, probs) in PROCS.items()}
+    # pseudo-data in the control regions: half of the MC yield (cr_data_fit_fraction 0.5)
+    keep = {p: rng.random(len(ev["weight"])) < 0.5 * WEIGHT for p, ev in mc.items()}
+    data = {
+        k: np.concatenate([np.asarray(mc[p][k])[keep[p]] for p in mc])
+        for k in ("region", "m_jj", "score")
+    }
+    data = {k: v[data["region"] != SR] for k, v in data.items()}
+    mjj_edges = np.array([50.0, 80, 100, 115, 135, 160, 200, 250])
+    score_edges = np.linspace(0.0, 1.0, 5)
+    regions = {
+        r: bn.fill_region(r, mc, mjj_edges=mjj_edges, score_edges=score_edges, data_events=data)
+        for r in [SR, *CRS]
+    }
+    regions[SR] = bn.RegionHists(SR, mjj_edges, score_edges, regions[SR].mc, None, "")
+    bkg = [p for p in PROCS if p != "ZH"]
+    binning = bn.merge_bins(*regions[SR].total(bkg), min_background=1.0, min_mc_effective=10)
+    meta = {
+        "model": "disco",
+        "signal_region": SR,
+        "control_regions": CRS,
+        "mc_processes": list(PROCS),
+        "signal_processes": ["ZH"],
+        "cr_data_fit_fraction": 0.5,
+    }
+    hists = tmp / "hists.h5"
+    bn.write_hists(hists, tmp / "hists.root", regions, binning, meta)
+    sf = {
+        "scale_factors": {
+            "TT": {"value": 1.04, "hesse_error": 0.03},
+            "Zhf": {"value": 1.15, "hesse_error": 0.05},
+            "Zlf": {"value": 0.93, "hesse_error": 0.02},
+        },
+        "parameters": ["TT", "Zhf", "Zlf"],
+        "covariance": [[9e-4, -2e-4, 1e-4], [-2e-4, 2.5e-3, -3e-4], [1e-4, -3e-4, 4e-4]],
+    }
+    sf_path = tmp / "scale_factors.json"
+    sf_path.write_text(json.dumps(sf))
+    cfg = config.load_config([REPO / "config" / "config.yaml"])
+    specs = {mode: P.signal_fit(cfg, "disco", mode) for mode in ("simultaneous", "constrained")}
+    return {"dir": tmp, "hists": str(hists), "sf": str(sf_path), "specs": specs}
+
+
+def _chain_outputs(inputs: dict, mode: str) -> tuple[dict, dict, Path]:
+    out = inputs["dir"] / mode
+    out.mkdir(exist_ok=True)
+    spec = inputs["specs"][mode]
+    ws_path = out / "workspace.json"
+    sfit.run_workspace(inputs["hists"], inputs["sf"], mode=mode, path=str(ws_path), spec=spec)
+    doc = sfit.run_signal_fit(
+        inputs["hists"],
+        inputs["sf"],
+        mode=mode,
+        json_path=str(out / "signal_strength.json"),
+        plot_data=str(out / "plot_data.json"),
+        spec=spec,
+    )
+    return json.loads(ws_path.read_text()), doc, out
+
+
+def _pyhf_fit(spec: dict) -> tuple[float, float]:
+    pyhf = require_module("pyhf", "validation of the exported workspace")
+    pyhf.set_backend("numpy", pyhf.optimize.minuit_optimizer(tolerance=1e-4))
+    workspace = pyhf.Workspace(spec, validate=True)
+    model = workspace.model()
+    data = workspace.data(model)
+    pars = pyhf.infer.mle.fit(
+        data, model, init_pars=model.config.suggested_init(),
+        par_bounds=model.config.suggested_bounds(),
+        fixed_params=model.config.suggested_fixed(), return_uncertainties=True,
+    )  # fmt: skip
+    poi = model.config.poi_index
+    return float(pars[poi, 0]), float(pars[poi, 1])
+
+
+@pytest.mark.parametrize("mode", ["simultaneous", "constrained"])
+def test_chain_workspace_is_valid_pyhf_and_reproduces_the_fit(chain_inputs, mode):
+    pyhf = require_module("pyhf", "validation of the exported workspace")
+    spec, doc, out = _chain_outputs(chain_inputs, mode)
+    assert "metadata" not in spec
+    pyhf.schema.validate(spec, "workspace.json")
+    prov = json.loads((out / "workspace.provenance.json").read_text())
+    assert prov["mode"] == mode and prov["interpolation"] == {
+        "normsys": "code4",
+        "histosys": "code4p",
+    }
+    assert doc["status"]["covariance_method"] == "analytic Hessian"
+    mu, sigma = _pyhf_fit(spec)
+    assert mu == pytest.approx(doc["mu"], rel=5e-3, abs=5e-3 * doc["mu_hesse_err"])
+    assert sigma == pytest.approx(doc["mu_hesse_err"], rel=5e-3)
+
+
+def test_signal_fit_writes_cls_limits(chain_inputs):
+    _, _, out = _chain_outputs(chain_inputs, "simultaneous")
+    written = json.loads((out / "signal_strength.json").read_text())
+    limits = written["limits"]
+    assert limits["cl"] == 0.95 and "q-tilde" in limits["method"]
+    assert len(limits["expected"]) == 5 and limits["expected"] == sorted(limits["expected"])
+    # Asimov signal region at mu = 1: the observed limit is above the median expected one
+    assert limits["observed"] > limits["expected"][2] > 0
