@@ -108,5 +108,6 @@ def test_vz_verdict():
     assert quality.vz_verdict(5.0, 0.5, 3.0, [])["visible"] is True
     stays = quality.vz_verdict(19.0, 10.0, 3.0, [])
     assert stays["visible"] is False and "stays" in stays["reason"]
+    assert quality.sees_mjj(["pt_jj", "dr_jj"]) == []  # approximations: the test applies
     na = quality.vz_verdict(-10.5, 1.0, 3.0, quality.sees_mjj(["m_jj", "met_pt"]))
     assert na["visible"] is None and na["applicable"] is False and "m_jj" in na["reason"]

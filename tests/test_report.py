@@ -74,7 +74,9 @@ def test_report_files_are_in_the_zip(report):
     assert listed == set(results)
     for key, entry in results.items():
         assert f"{root}/{entry['data_uri']}" in names, key
-        assert entry["mime_type"] == "image/png", key
+        # figures, and the summary page (an HTML file: the landing category)
+        expected = "text/html" if key.endswith("summary.html") else "image/png"
+        assert entry["mime_type"] == expected, key
 
 
 def test_report_captions_rendered(report):

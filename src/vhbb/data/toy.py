@@ -204,6 +204,10 @@ def generate_events(
     Returns flat branches (float32 kinematics) plus ``_p_negative`` (the generator-level
     probability of a negative weight, used for the signed-density draw of pseudo-data).
     With ``data=True`` the soft-activity mean is multiplied by ``mismodelling_scale``.
+
+    Longer than 100 lines on purpose: it is one generative sequence whose random-number calls
+    must stay in this order (every toy file, and so every result downstream, depends on it);
+    splitting it would hide that order across functions.
     """
     model = PROCESS_MODELS[process]
     # boson (neutrinos) recoil

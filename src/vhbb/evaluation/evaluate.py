@@ -825,9 +825,11 @@ def add_data_mc_chi2(
     regions: Sequence[str],
     scale_factors: Mapping[str, float],
     cfg: Mapping[str, Any],
+    data_fraction: float,
 ) -> None:
     """Per control region, the chi2 test of :func:`vhbb.evaluation.quality.data_mc_chi2` (data:
-    the fit half, MC corrected by the scale factors, one dof off for the fitted normalisation);
+    the fit half, MC corrected by the scale factors and scaled to that half's share
+    ``data_fraction`` of the data, one dof off for the fitted normalisation);
     ``passes_chi2``: every region's p-value above ``min_p_value``."""
     from vhbb.evaluation import quality
 
@@ -841,7 +843,7 @@ def add_data_mc_chi2(
         entry["chi2"] = quality.data_mc_chi2(
             events["score"][d],
             events["score"][m],
-            events["weight"][m] * sf,
+            events["weight"][m] * sf * data_fraction,
             n_bins=int(cfg["bins"]),
             min_expected=float(cfg["min_expected"]),
             reference_count=float(cfg["reference_count"]),
@@ -1089,7 +1091,9 @@ def run_evaluate(
         replicas=int(settings["bootstrap"]),
         seed=seed + 2,
     )
-    add_data_mc_chi2(oof["data_mc"], cr_ev, crs, sfs, settings["data_mc"])
+    add_data_mc_chi2(
+        oof["data_mc"], cr_ev, crs, sfs, settings["data_mc"], float(spec["cr_data_fit_fraction"])
+    )
     val_ev, val_info = validation_events(
         export_path,
         weights_files.get(sr) if use_transformed else None,

@@ -19,7 +19,7 @@ m_jj-only baseline, a data/MC test with statistical meaning, and the VZ-peak ver
   data count) is the effect size that does not grow with the count.
 * **VZ peak** (:func:`vz_verdict`): ``visible`` means a significant excess over the sideband fit
   *with* VZ in the highest score quantile and none *without* it.  For a model that sees m_jj
-  (or pT_jj / dR_jj, from which m_jj follows) the test does not apply: ``null`` with the reason.
+  the test does not apply: ``null`` with the reason.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from vhbb.evaluation.measurements import measurement
 from vhbb.stats import metrics as mt
 from vhbb.stats.histograms import weighted_hist
 
-#: Training features from which the classifier can learn m_jj itself (the VZ test's premise).
-MJJ_FEATURES = ("m_jj", "pt_jj", "dr_jj")
+#: Training features that hand the classifier m_jj itself (the VZ test does not apply).  pT_jj
+#: and dR_jj only approximate it (m_jj ~ pT_jj dR_jj / 2): a model seeing them can still
+#: sculpt a fake peak, which is what the test is there to catch.
+MJJ_FEATURES = ("m_jj",)
 
 
 # --------------------------------------------------------------------------- collapse
