@@ -56,6 +56,11 @@ def test_summary_page_renders_every_check_and_number(e2e_run, browser, tmp_path)
     statuses = [r.find_element("css selector", "[data-status]").get_attribute("data-status")
                 for r in rows]  # fmt: skip
     assert statuses == sorted(statuses, key=order.__getitem__)
+    # the overlay's weight gate runs in warn mode and fails on its tiny samples: the failing
+    # gate is the first row of the page, shown as "fail (warned)"
+    first = summary["checks"][0]
+    assert (first["stage"], first["status"], first["warned"]) == ("weights", "fail", True)
+    assert rows[0].find_element("css selector", "[data-status]").text == "fail (warned)"
     # every number on the page is a JSON value of the summary, displayed rounded
     values = []
 

@@ -139,12 +139,21 @@ def diagnostics_checks(model: str, mode: str, diag: Mapping[str, Any]) -> list[C
     return out
 
 
+#: Stages in the order of the chain: an upstream failure (a gate run in warn mode) is listed
+#: before the downstream failures it may cause.
+STAGE_ORDER = {"weights": 0, "fit": 1, "diagnostics": 2, "evaluation": 3, "selection": 4}
+
+
 def sort_checks(checks: Iterable[Check]) -> list[Check]:
-    """Failures first, then warnings, then passes; de-duplicated by (stage, name, where)."""
+    """Failures first, then warnings, then passes; within each, stages in chain order (the
+    weight gate first); de-duplicated by (stage, name, where)."""
     seen: dict[tuple[str, str, str], Check] = {}
     for c in checks:
         seen.setdefault((c.stage, c.name, c.where), c)
-    return sorted(seen.values(), key=lambda c: (STATUS_ORDER[c.status], c.stage, c.name, c.where))
+    return sorted(
+        seen.values(),
+        key=lambda c: (STATUS_ORDER[c.status], STAGE_ORDER.get(c.stage, 9), c.name, c.where),
+    )
 
 
 # --------------------------------------------------------------------------- summary
