@@ -248,7 +248,6 @@ def summary_inputs(wildcards):
         "best": expand("results/scans/{s}/best.json", s=k["best"]),
         "fits": [f"results/fits/{f}/signal_strength.json" for f in k["fits"]],
         "diagnostics": [f"results/fits/{d}/diagnostics.json" for d in k["diagnostics"]],
-        "weights": expand("results/weights/{r}/validation.json", r=k["weights"]),
         "checks": expand("results/checks/weights/{r}.json", r=k["weights"])
         + expand("results/checks/selection/{s}.json", s=k["best"]),
         "figures": expand("results/scans/{s}/pareto.png", s=k["best"]),

@@ -28,7 +28,6 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
             "best": named(keys["best"], inp.best),
             "fits": named(keys["fits"], inp.fits),
             "diagnostics": named(keys["diagnostics"], inp.diagnostics),
-            "weights_validation": list(inp.weights),
             "check_files": list(inp.get("checks", [])),
             "figures": figures,
             "links": list(smk.params.links),

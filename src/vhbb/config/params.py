@@ -512,11 +512,9 @@ def summary(config: Mapping) -> dict[str, Any]:
         if any(s.get("source") == "toy" for s in config["samples"]["list"].values())
         else {}
     )
-    weights_validation = config.get("weights", {}).get("validation", {})
     return canonical(
         {
             "keys": summary_keys(config),
-            "weights_min_p_value": weights_validation.get("min_p_value", 1e-4),
             "sculpting_threshold": config["evaluation"]["sculpting"]["threshold"],
             "truth_scale_factors": toy_truth.get("scale_factors"),
             "config_hash": section_hash(config),

@@ -3,8 +3,8 @@
 :func:`collect` reads what the chain already wrote -- the export summary, the control-region
 fit, every model's ``metrics.json``, the scans' ``best.json``, the signal-strength fits and their
 diagnostics, the weight validation -- and the shared check records
-(:mod:`vhbb.core.checks`) that stages write; where a stage does not write records yet, its checks
-are derived here from its result file with the thresholds the stage itself applies.
+(:mod:`vhbb.core.checks`) that stages write (weights, selection); for stages that do not write
+records yet (evaluation, fits, diagnostics) the checks are derived here from their result files.
 :func:`render_html` turns the summary into one HTML page (inline CSS, figures embedded as data
 URIs); every number on the page carries its exact JSON value in a ``data-value`` attribute and
 is displayed rounded.
@@ -41,21 +41,6 @@ def _value(node: Any) -> float | None:
 
 
 # --------------------------------------------------------------------------- checks
-def weights_checks(validation: Mapping[str, Any], min_p_value: float) -> list[Check]:
-    """Paired-test p-values of the weight validation (smallest per process) vs the minimum."""
-    region = validation["region"]
-    out = []
-    for proc, entry in sorted(validation["processes"].items()):
-        ps = [(v["p_value"], var) for var, v in (entry.get("variables") or {}).items()
-              if v.get("p_value") is not None]  # fmt: skip
-        if not ps:
-            continue
-        p, var = min(ps)
-        out.append(compare("weights", "paired test p-value", f"{region}/{proc}/{var}", p,
-                           min_p_value, ">"))  # fmt: skip
-    return out
-
-
 def model_checks(model: str, metrics: Mapping[str, Any], threshold: float) -> list[Check]:
     """Collapse, sculpting, data/MC and VZ checks of one evaluated model (out of fold)."""
     oof = metrics["variants"]["out_of_fold"]
@@ -165,7 +150,6 @@ def collect(
     best: Mapping[str, str],
     fits: Mapping[str, str],
     diagnostics: Mapping[str, str],
-    weights_validation: Sequence[str],
     check_files: Sequence[str],
     settings: Mapping[str, Any],
     figures: Mapping[str, str],
@@ -175,9 +159,8 @@ def collect(
     exp = _load(export_summary)
     sf = _load(scale_factors)
     truth = settings.get("truth_scale_factors") or {}
+    # stages that write check records (weights, selection) are read, never re-derived
     checks: list[Check] = list(read_checks(check_files))
-    for path in weights_validation:
-        checks += weights_checks(_load(path), float(settings["weights_min_p_value"]))
     models = []
     for name, path in sorted(metrics.items()):
         m = _load(path)
@@ -205,15 +188,6 @@ def collect(
             "rule": b.get("rule"),
             "reason": b.get("reason"),
         }
-        checks.append(
-            Check(
-                stage="selection",
-                name="a candidate passes every cut",
-                status="pass" if b.get("passes_cuts") else "fail",
-                where=scan,
-                message=f"selected {b.get('selected')}",
-            )
-        )
     fit_rows = []
     for key, path in sorted(fits.items()):
         r = _load(path)
