@@ -87,6 +87,24 @@ def weights_outputs():
     )
 
 
+_report_entry = report  # (a line that starts with `report(` is a Snakemake directive)
+
+
+def weights_plot_dirs():
+    """One figure folder per exported region, each a report entry of its own."""
+    entry = dict(
+        patterns=["{variable}.png"],
+        caption="../report/weights_ratio.rst",
+        category="Weights",
+    )
+    dirs = [directory(f"results/weights/{r}/plots") for r in REGIONS]
+    labels = [{"region": r, "variable": "{variable}"} for r in REGIONS]
+    return [
+        _report_entry(d, subcategory=r, labels=lab, **entry)
+        for d, r, lab in zip(dirs, REGIONS, labels)
+    ]
+
+
 def hists_inputs(wildcards):
     """Cached events and the model's out-of-fold scores of every sample."""
     return {

@@ -1,31 +1,26 @@
-# Negative-weight transformation: w -> cross-fitted E[w | x], one job per exported region.
+# Negative-weight transformation: w -> cross-fitted E[w|x], one job for all exported regions
+# (one estimate per process from the events of all regions, rescaled per region).
 
 
 rule transform_weights:
     """Replace MC weights by the cross-fitted local mean weight E[w|x] (clipped, yield kept)."""
     input:
-        "results/export/{region}.h5",
+        expand("results/export/{region}.h5", region=REGIONS),
     output:
-        h5="results/weights/{region}.h5",
-        validation="results/weights/{region}/validation.json",
-        checks="results/checks/weights/{region}.json",
-        plots=report(
-            directory("results/weights/{region}/plots"),
-            patterns=["{variable}.png"],
-            caption="../report/weights_ratio.rst",
-            category="Weights",
-            subcategory="{region}",
-            labels={"region": "{region}", "variable": "{variable}"},
-        ),
+        h5=expand("results/weights/{region}.h5", region=REGIONS),
+        validation=expand("results/weights/{region}/validation.json", region=REGIONS),
+        checks=expand("results/checks/weights/{region}.json", region=REGIONS),
+        plots=weights_plot_dirs(),
     log:
-        "logs/weights/{region}.log",
+        "logs/weights/transform_weights.log",
     conda:
         ENV
     threads: 2
     resources:
-        mem_mb=6000,
+        mem_mb=8000,
         runtime=120,
     params:
         spec=P.weights(config),
+        regions=REGIONS,
     script:
         "../scripts/weights.py"

@@ -1,4 +1,4 @@
-"""Transform the negative MC weights of one region (rule transform_weights)."""
+"""Transform the negative MC weights of all exported regions (rule transform_weights)."""
 
 from vhbb.core.logs import run_script
 from vhbb.ml import weights
@@ -8,12 +8,18 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
     import torch
 
     torch.set_num_threads(max(1, int(smk.threads)))
+    regions = list(smk.params.regions)
     weights.run_weights(
-        smk.input[0],
-        h5_path=smk.output.h5,
-        validation_path=smk.output.validation,
-        plots_dir=smk.output.plots,
-        checks_path=smk.output.checks,
+        dict(zip(regions, smk.input, strict=True)),
+        outputs={
+            r: {
+                "h5": smk.output.h5[i],
+                "validation": smk.output.validation[i],
+                "checks": smk.output.checks[i],
+                "plots": smk.output.plots[i],
+            }
+            for i, r in enumerate(regions)
+        },
         spec=smk.params.spec,
     )
 

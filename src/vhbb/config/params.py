@@ -238,14 +238,42 @@ def weights(config: Mapping) -> dict[str, Any]:
                 f"config error at 'weights.{key}': '{name}' is not an export column"
                 + (f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else "")
             )
+    if settings.get("pool_regions", True):
+        _check_pooling(config, settings["conditioning"])
     return canonical(
         {
             "settings": settings,
             "roles": {n: p["role"] for n, p in config["samples"]["processes"].items()},
+            "labels": {n: p.get("label", n) for n, p in config["samples"]["processes"].items()},
             "device": config.get("device", "auto"),
             "seed": config.get("seed", 0),
         }
     )
+
+
+def _check_pooling(config: Mapping, conditioning: list[str]) -> None:
+    """``weights.pool_regions`` estimates ``E[w|x]`` once from all exported regions: valid only
+    when region membership is a function of ``x``, i.e. every variable that defines an exported
+    region (``regions.definitions``; the common preselection does not separate them) is
+    conditioned on.  A missing one is a config error naming the region and the variable."""
+    from vhbb.core.errors import ConfigError
+    from vhbb.data.expressions import names
+
+    exported = list(config["export"]["regions"])
+    if len(exported) < 2:
+        return
+    definitions = config["regions"]["definitions"]
+    for region in exported:
+        missing = sorted(names(str(definitions[region])) - set(conditioning))
+        if missing:
+            raise ConfigError(
+                f"config error at 'weights.conditioning': region '{region}' is defined by "
+                f"{', '.join(repr(m) for m in missing)} (regions.definitions.{region}), which "
+                "the weight estimate does not condition on; with weights.pool_regions: true "
+                "one estimate of E[w|x] serves all exported regions, which is valid only when "
+                "every region-defining variable is in x. Add it to weights.conditioning (an "
+                "export column) or set weights.pool_regions: false (one estimate per region)"
+            )
 
 
 def fit_models(config: Mapping) -> list[str]:
