@@ -93,8 +93,9 @@ def test_storage_roundtrip_hdf5_and_root(tmp_path):
 
 
 def test_hists_plot_data_and_blinded_projections(tmp_path):
-    """The histogram stage stores the signal-region data for the blinded figures only; the plot
-    driver hides the window in m_jj and shows the score in the side bands (data and MC)."""
+    """The side-band data of the blinded figures: stored only while blinded, and only outside
+    the window; the plot driver hides the window in m_jj and shows the score in the side
+    bands (data and MC)."""
     from vhbb.fit.figures import hists_projections
     from vhbb.fit.hists import read_plot_data, write_plot_data
 
@@ -105,12 +106,14 @@ def test_hists_plot_data_and_blinded_projections(tmp_path):
         "m_jj": rng.uniform(50, 250, n),
         "score": rng.uniform(0, 1, n),
     }
-    write_plot_data(str(tmp_path / "unblinded.h5"), data, "SR", blinded=False)
+    window = (90.0, 150.0)
+    write_plot_data(str(tmp_path / "unblinded.h5"), data, "SR", False, window)
     assert read_plot_data(str(tmp_path / "unblinded.h5")) is None
-    write_plot_data(str(tmp_path / "blinded.h5"), data, "SR", blinded=True)
+    write_plot_data(str(tmp_path / "blinded.h5"), data, "SR", True, window)
     sr_data = read_plot_data(str(tmp_path / "blinded.h5"))
     sr = data["region"] == "SR"
-    np.testing.assert_array_equal(sr_data["m_jj"], data["m_jj"][sr])
+    side = sr & ((data["m_jj"] < 90) | (data["m_jj"] >= 150))
+    np.testing.assert_array_equal(sr_data["m_jj"], data["m_jj"][side])
 
     mjj_edges, s_edges = np.array([50.0, 90, 150, 250]), np.array([0.0, 0.5, 1.0])
     columns = {f"{k}{v}": data[k] for k in data for v in ("", "_jesUp", "_jesDown")}
@@ -121,9 +124,28 @@ def test_hists_plot_data_and_blinded_projections(tmp_path):
             "blinded": True}  # fmt: skip
     figs = {f["name"]: f for f in hists_projections(regions, meta, sr_data, (90.0, 150.0))}
     assert figs["SR/m_jj"]["hidden"] == (90.0, 150.0)
-    assert figs["SR/m_jj"]["data"].sum() == sr.sum()
-    side = sr & ((data["m_jj"] < 90) | (data["m_jj"] >= 150))
+    assert figs["SR/m_jj"]["data"].sum() == side.sum()  # the window's bins hold no data
     assert figs["SR/score"]["data"].sum() == side.sum()
     assert figs["SR/score"]["mc"]["B"].sum() == pytest.approx(2.0 * side.sum())
     assert figs["CR/m_jj"]["mc"]["B"].sum() == pytest.approx(0.5 * 2.0 * (~sr).sum())
     assert figs["CR/m_jj"]["hidden"] is None and figs["CR/m_jj"]["data"] is None
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plot_data_hold_no_event_inside_any_accepted_window(tmp_path, seed):
+    """For random accepted windows (low < high, anywhere in the m_jj range): no stored event
+    lies inside the window, every side-band event is stored."""
+    from vhbb.fit.hists import read_plot_data, write_plot_data
+
+    rng = np.random.default_rng(100 + seed)
+    lo = float(rng.uniform(50, 200))
+    window = (lo, float(rng.uniform(lo + 1, 250)))
+    n = 2000
+    m = rng.uniform(50, 250, n)
+    m[:20] = window[0]  # the edges: low is blinded, high is a side band (the figures' bins)
+    m[20:40] = window[1]
+    data = {"region": np.full(n, "SR"), "m_jj": m, "score": rng.uniform(0, 1, n)}
+    write_plot_data(str(tmp_path / "p.h5"), data, "SR", True, window)
+    stored = read_plot_data(str(tmp_path / "p.h5"))["m_jj"]
+    assert not np.any((stored >= window[0]) & (stored < window[1]))
+    assert len(stored) == int(np.sum((m < window[0]) | (m >= window[1])))

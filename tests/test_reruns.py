@@ -44,6 +44,8 @@ KNOWN_RULES = {
     "train_model",
     "score_model",
     "hists",
+    "hists_plot_data",
+    "best_plot_data",
     "signal_fit",
     "workspace",
     "diagnostics",
@@ -349,16 +351,18 @@ def test_control_region_fit_option_retrains_domain_adaptation_only(workdir_copy,
 
 
 def test_blinding_window_reruns_the_histogram_plots_only(workdir_copy, tmp_path, graph):
-    """blinding.window (only the signal-region data/MC figures hide data by it): the histogram
-    plot jobs, no computation (not the histograms, fits, binning scan or evaluation)."""
+    """blinding.window (only the signal-region data/MC figures hide data by it): the side-band
+    data of those figures (hists_plot_data: only the data outside the window are stored) and the
+    histogram plot jobs, no other computation (not the scores, histograms, fits, binning scan or
+    evaluation)."""
     lo, hi = CFG["blinding"]["window"]
     check_reruns(
         workdir_copy,
         tmp_path,
         graph,
         {"blinding": {"window": [lo - 5.0, hi + 5.0]}},
-        fit_jobs(graph, "hists_plots"),
-        COMPUTE_RULES,
+        fit_jobs(graph, "hists_plots", "hists_plot_data"),
+        [r for r in COMPUTE_RULES if r != "hists_plot_data"],
     )
 
 

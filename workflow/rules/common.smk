@@ -117,6 +117,21 @@ def hists_inputs(wildcards):
     }
 
 
+DATA_SAMPLES = [s for s in SAMPLES if P.is_data(config, s)]
+
+
+def plot_data_inputs(wildcards):
+    """Cached events of the data samples and the model's fold models."""
+    return {
+        "cache": expand("results/cache/{sample}.parquet", sample=DATA_SAMPLES),
+        "models": expand(
+            "results/models/{model}/fold{fold}/model.pt",
+            model=wildcards.model,
+            fold=FOLDS,
+        ),
+    }
+
+
 def fit_outputs():
     """Histograms, signal-strength fits, workspaces and figures of the models in fit.models."""
     models = P.fit_models(config)

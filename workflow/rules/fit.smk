@@ -87,7 +87,6 @@ rule hists:
         h5="results/hists/{model}/hists.h5",
         root="results/hists/{model}/hists.root",
         binning="results/hists/{model}/binning.json",
-        plot_data="results/hists/{model}/plot_data.h5",
     log:
         "logs/hists/{model}.log",
     conda:
@@ -101,6 +100,53 @@ rule hists:
         spec=lambda wc: without_plot_options(P.hists(config, wc.model)),
     script:
         "../scripts/hists.py"
+
+
+rule hists_plot_data:
+    """Signal-region data outside the blinding window, for the blinded figures."""
+    input:
+        unpack(plot_data_inputs),
+    output:
+        "results/hists/{model}/plot_data.h5",
+    log:
+        "logs/hists/{model}_plot_data.log",
+    wildcard_constraints:
+        model=r"(?!best-)[^/]+",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        samples=DATA_SAMPLES,
+        spec=lambda wc: P.hists_plot_data(config),
+    script:
+        "../scripts/hists_plot_data.py"
+
+
+rule best_plot_data:
+    """The blinded figures' data of best:<scan>: the chosen point's, resolved when the job runs."""
+    input:
+        best="results/scans/{scan}/best.json",
+        files=lambda wc: expand(
+            "results/hists/{model}/plot_data.h5", model=scan_models(wc.scan)
+        ),
+    output:
+        "results/hists/best-{scan}/plot_data.h5",
+    log:
+        "logs/scans/{scan}_best_plot_data.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        points=lambda wc: list(scan_models(wc.scan)),
+        kind="plot_data",
+    script:
+        "../scripts/best_copy.py"
 
 
 rule hists_plots:

@@ -49,5 +49,9 @@ rule score_model:
     params:
         samples=SAMPLES,
         is_mc={s: not P.is_data(config, s) for s in SAMPLES},
+        blinding={
+            "enabled": config["blinding"]["enabled"],
+            "signal_region": config["export"]["training_region"],
+        },
     script:
         "../scripts/score_model.py"

@@ -11,7 +11,6 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
         h5_path=smk.output.h5,
         root_path=smk.output.root,
         binning_json=smk.output.binning,
-        plot_data=smk.output.plot_data,
         spec=smk.params.spec,
     )
 

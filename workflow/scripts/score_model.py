@@ -11,6 +11,7 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
         dict(zip(samples, smk.input.cache, strict=True)),
         dict(zip(samples, smk.output, strict=True)),
         smk.params.is_mc,
+        smk.params.blinding,
     )
 
 

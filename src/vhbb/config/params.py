@@ -319,6 +319,20 @@ def hists(config: Mapping, model: str) -> dict[str, Any]:
     )
 
 
+def hists_plot_data(config: Mapping) -> dict[str, Any]:
+    """Params of the signal-region data of the blinded figures (the window included)."""
+    return canonical(
+        {
+            "samples": {n: {"process": s["process"]} for n, s in config["samples"]["list"].items()},
+            "processes": {
+                n: {"role": p["role"]} for n, p in config["samples"]["processes"].items()
+            },
+            "signal_region": config["export"]["training_region"],
+            "blinding": config["blinding"],
+        }
+    )
+
+
 def signal_fit(config: Mapping, model: str, mode: str) -> dict[str, Any]:
     """Params of the signal-strength fit of ``model`` in ``mode`` (and of its workspace)."""
     from vhbb.core.errors import ConfigError

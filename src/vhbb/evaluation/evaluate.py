@@ -859,7 +859,8 @@ def upstream_warnings(weights_files: Sequence[str]) -> list[str]:
 
     out: list[str] = []
     for path in weights_files:
-        out += list(read_h5(path)[1].get("warnings") or [])
+        stored = read_h5(path)[1].get("warnings")  # an empty list reads back as an empty array
+        out += [str(x) for x in (stored if stored is not None else [])]
     return out
 
 

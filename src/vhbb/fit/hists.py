@@ -9,8 +9,11 @@ edges and merging are documented in :mod:`vhbb.fit.templates`.
 The figures (templates, stacked data/MC per region) are drawn by the rule ``hists_plots``
 (:func:`vhbb.fit.figures.run_hists_plots`) from ``hists.h5`` and ``plot_data.h5``: while blinding is
 enabled the signal-region data are not in ``hists.h5``, and the plots show them outside the m_jj
-window only, a window that is a plot option; ``plot_data.h5`` therefore holds the signal-region
-data events (``m_jj`` and ``score`` only, as in the cache and the scores) for those figures.
+window only.  ``plot_data.h5`` (rule ``hists_plot_data``: :func:`vhbb.ml.scoring.sideband_scores`
+and :func:`write_plot_data`; its params hold the window) holds those signal-region data events
+outside the window (``m_jj`` and ``score`` only): a window change reruns that small job and the
+figures, not the histograms.  The scores files hold no score of signal-region data while
+blinded.
 """
 
 from __future__ import annotations
@@ -137,18 +140,30 @@ def signal_score_edges(
     )
 
 
+def outside_window(m_jj: np.ndarray, window: Sequence[float]) -> np.ndarray:
+    """Events outside the blinding window ``[low, high)`` (the figures' convention)."""
+    m = np.asarray(m_jj, dtype=np.float64)
+    return (m < float(window[0])) | (m >= float(window[1]))
+
+
 def write_plot_data(
-    path: str, data: Mapping[str, np.ndarray] | None, signal_region: str, blinded: bool
+    path: str,
+    data: Mapping[str, np.ndarray] | None,
+    signal_region: str,
+    blinded: bool,
+    window: Sequence[float],
 ) -> None:
-    """``plot_data.h5``: the signal-region data events of the blinded figures (see the module
-    docstring); attributes ``has_data`` and ``blinded``."""
+    """``plot_data.h5``: the signal-region data events of the blinded figures, **outside the
+    m_jj window only** (the blinded events reach no file); attributes ``has_data``,
+    ``blinded`` and ``window``."""
     import h5py
 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as fout:
         fout.attrs["has_data"] = data is not None
         fout.attrs["blinded"] = bool(blinded)
+        fout.attrs["window"] = np.asarray(window, dtype=np.float64)
         if blinded and data is not None:
-            sel = data["region"] == signal_region
+            sel = (data["region"] == signal_region) & outside_window(data["m_jj"], window)
             grp = fout.create_group("signal_region_data")
             for key in PLOT_COLUMNS:
                 grp.create_dataset(key, data=np.asarray(data[key])[sel])
@@ -171,7 +186,6 @@ def run_hists(
     h5_path: str,
     root_path: str,
     binning_json: str,
-    plot_data: str,
     spec: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Rule driver: read the events, fill and merge the histograms of one model, write them."""
@@ -223,7 +237,6 @@ def run_hists(
             for r, rh in regions.items()
         },
     }
-    write_plot_data(plot_data, data, sr, blinded)
     write_json(binning_json, summary)
     log.info("%s: %d -> %d signal-region bins", spec["model"], b.size, binning.n_bins)
     return summary

@@ -5,6 +5,11 @@
 export's definition) and ``score``; MC samples also get ``score_jesUp``/``score_jesDown`` (the
 model applied to the JES-varied features, for the fits' shape variation).  Evaluation and fits
 share this one scoring path.
+
+Blinding: with ``blinding.enabled`` the data events of the signal region get no score (NaN; the
+rows stay, aligned with the cache), so no file downstream holds anything computed from them.
+The blinded figures' side-band data are scored by :func:`sideband_scores` (rule
+``hists_plot_data``), outside the m_jj window only.
 """
 
 from __future__ import annotations
@@ -76,8 +81,12 @@ def run_scores(
     cache_paths: Mapping[str, str],
     outputs: Mapping[str, str],
     is_mc: Mapping[str, bool],
+    blinding: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score every sample with the fold models (``model_paths`` in fold order)."""
+    """Score every sample with the fold models (``model_paths`` in fold order).
+
+    ``blinding``: ``{"enabled", "signal_region"}``; when enabled, the data events of the signal
+    region are not scored (NaN)."""
     from vhbb.data.cache import write_parquet
     from vhbb.ml.train import load_model
 
@@ -87,7 +96,42 @@ def run_scores(
     for sample, path in cache_paths.items():
         frame = pd.read_parquet(path)
         scored = score_frame(frame, sample, models, feature_names, is_mc[sample])
+        if blinding and blinding.get("enabled") and not is_mc[sample]:
+            blind = (frame["region"].astype(str) == str(blinding["signal_region"])).to_numpy()
+            scored.loc[blind, "score"] = np.nan
+            log.info("%s: %d signal-region data events blinded (no score)", sample, blind.sum())
         write_parquet(outputs[sample], scored, {"sample": sample, "n_folds": len(models)})
         summary[sample] = len(scored)
         log.info("%s: scored %d events -> %s", sample, len(scored), Path(outputs[sample]))
     return summary
+
+
+def sideband_scores(
+    model_paths: Sequence[str],
+    cache_paths: Mapping[str, str],
+    signal_region: str,
+    window: Sequence[float],
+) -> dict[str, np.ndarray] | None:
+    """``region``, ``m_jj`` and ``score`` of the signal-region data events outside the m_jj
+    ``window`` (``[low, high)``, as the figures draw it), scored by their out-of-fold models; the
+    events inside the window are neither read into the result nor scored.  None without data."""
+    from vhbb.ml.train import load_model
+
+    if not cache_paths:
+        return None
+    models = [load_model(p) for p in model_paths]
+    parts = []
+    for sample, path in cache_paths.items():
+        frame = pd.read_parquet(path)
+        m = frame["m_jj"].to_numpy(np.float64)
+        keep = (frame["region"].astype(str) == signal_region).to_numpy() & (
+            (m < float(window[0])) | (m >= float(window[1]))
+        )
+        side = frame[keep]
+        scored = score_frame(side, sample, models, models[0].feature_names, False)
+        parts.append({
+            "region": side["region"].astype(str).to_numpy(),
+            "m_jj": side["m_jj"].to_numpy(),
+            "score": scored["score"].to_numpy(),
+        })  # fmt: skip
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

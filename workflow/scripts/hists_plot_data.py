@@ -1,0 +1,24 @@
+"""Signal-region data outside the blinding window for the blinded figures (rule hists_plot_data)."""
+
+from vhbb.core.logs import run_script
+from vhbb.fit import hists
+from vhbb.ml import scoring
+
+
+def main(smk) -> None:  # type: ignore[no-untyped-def]
+    spec = smk.params.spec
+    blinding = spec["blinding"]
+    data = None
+    if blinding["enabled"]:
+        data = scoring.sideband_scores(
+            list(smk.input.models),
+            dict(zip(smk.params.samples, smk.input.cache, strict=True)),
+            spec["signal_region"],
+            blinding["window"],
+        )
+    hists.write_plot_data(
+        smk.output[0], data, spec["signal_region"], bool(blinding["enabled"]), blinding["window"]
+    )
+
+
+run_script(snakemake, main)
