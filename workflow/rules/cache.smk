@@ -6,6 +6,8 @@ rule cache_file:
         temp("results/cache/parts/{sample}/part{index}.parquet"),
     log:
         "logs/cache/{sample}/part{index}.log",
+    benchmark:
+        "logs/benchmarks/cache_file/cache/{sample}/part{index}.tsv"
     conda:
         ENV
     threads: 1
@@ -28,6 +30,8 @@ rule cache_sample:
         stats="results/cache/{sample}.json",
     log:
         "logs/cache/{sample}.log",
+    benchmark:
+        "logs/benchmarks/cache_sample/cache/{sample}.tsv"
     conda:
         ENV
     threads: 1

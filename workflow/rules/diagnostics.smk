@@ -13,6 +13,8 @@ rule diagnostics:
         plot_data="results/fits/{model}/{mode}/diagnostics_plot_data.json",
     log:
         "logs/fits/{model}/{mode}_diagnostics.log",
+    benchmark:
+        "logs/benchmarks/diagnostics/fits/{model}/{mode}_diagnostics.tsv"
     wildcard_constraints:
         mode="fixed|constrained|simultaneous",
     conda:
@@ -42,6 +44,8 @@ rule diagnostics_plots:
         ),
     log:
         "logs/fits/{model}/{mode}_diagnostics_plots.log",
+    benchmark:
+        "logs/benchmarks/diagnostics_plots/fits/{model}/{mode}_diagnostics_plots.tsv"
     wildcard_constraints:
         mode="fixed|constrained|simultaneous",
     conda:
@@ -67,6 +71,8 @@ rule combine:
         summary="results/fits/{model}/{mode}/combine/summary.json",
     log:
         "logs/fits/{model}/{mode}_combine.log",
+    benchmark:
+        "logs/benchmarks/combine/fits/{model}/{mode}_combine.tsv"
     wildcard_constraints:
         mode="fixed|constrained|simultaneous",
     conda:
@@ -90,6 +96,8 @@ rule binning_scan:
         json="results/fits/{model}/binning_scan.json",
     log:
         "logs/fits/{model}/binning_scan.log",
+    benchmark:
+        "logs/benchmarks/binning_scan/fits/{model}/binning_scan.tsv"
     conda:
         ENV
     threads: 1
@@ -116,6 +124,8 @@ rule binning_scan_plot:
         ),
     log:
         "logs/fits/{model}/binning_scan_plot.log",
+    benchmark:
+        "logs/benchmarks/binning_scan_plot/fits/{model}/binning_scan_plot.tsv"
     conda:
         ENV
     threads: 1

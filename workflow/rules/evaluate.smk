@@ -19,6 +19,8 @@ rule evaluate_model:
         plot_data="results/evaluation/{model}/plot_data.json",
     log:
         "logs/evaluation/{model}.log",
+    benchmark:
+        "logs/benchmarks/evaluate_model/evaluation/{model}.tsv"
     conda:
         ENV
     threads: 1
@@ -48,6 +50,8 @@ rule evaluation_plots:
         ),
     log:
         "logs/evaluation/{model}_plots.log",
+    benchmark:
+        "logs/benchmarks/evaluation_plots/evaluation/{model}_plots.tsv"
     conda:
         ENV
     threads: 1
@@ -72,6 +76,8 @@ rule compare_roc:
         ),
     log:
         "logs/evaluation/roc_all.log",
+    benchmark:
+        "logs/benchmarks/compare_roc/evaluation/roc_all.tsv"
     conda:
         ENV
     threads: 1
@@ -112,6 +118,8 @@ rule scan_summary:
         ),
     log:
         "logs/scans/{scan}.log",
+    benchmark:
+        "logs/benchmarks/scan_summary/scans/{scan}.tsv"
     conda:
         ENV
     threads: 1
@@ -138,6 +146,8 @@ rule best_scores:
         expand("results/scores/best-{{scan}}/{sample}.parquet", sample=SAMPLES),
     log:
         "logs/scans/{scan}_best_scores.log",
+    benchmark:
+        "logs/benchmarks/best_scores/scans/{scan}_best_scores.tsv"
     conda:
         ENV
     threads: 1
@@ -165,6 +175,8 @@ rule best_evaluation:
         plot_data="results/evaluation/best-{scan}/plot_data.json",
     log:
         "logs/scans/{scan}_best_evaluation.log",
+    benchmark:
+        "logs/benchmarks/best_evaluation/scans/{scan}_best_evaluation.tsv"
     conda:
         ENV
     threads: 1

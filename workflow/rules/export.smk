@@ -7,6 +7,8 @@ rule export_regions:
         summary="results/export/summary.json",
     log:
         "logs/export.log",
+    benchmark:
+        "logs/benchmarks/export_regions/export.tsv"
     conda:
         ENV
     threads: 1

@@ -21,6 +21,8 @@ rule scale_factors:
         plot_data="results/fits/scale_factors/plot_data.json",
     log:
         "logs/fits/scale_factors.log",
+    benchmark:
+        "logs/benchmarks/scale_factors/fits/scale_factors.tsv"
     conda:
         ENV
     threads: 1
@@ -63,6 +65,8 @@ rule scale_factors_plots:
         ),
     log:
         "logs/fits/scale_factors_plots.log",
+    benchmark:
+        "logs/benchmarks/scale_factors_plots/fits/scale_factors_plots.tsv"
     conda:
         ENV
     threads: 2
@@ -89,6 +93,8 @@ rule hists:
         binning="results/hists/{model}/binning.json",
     log:
         "logs/hists/{model}.log",
+    benchmark:
+        "logs/benchmarks/hists/hists/{model}.tsv"
     conda:
         ENV
     threads: 1
@@ -110,6 +116,8 @@ rule hists_plot_data:
         "results/hists/{model}/plot_data.h5",
     log:
         "logs/hists/{model}_plot_data.log",
+    benchmark:
+        "logs/benchmarks/hists_plot_data/hists/{model}_plot_data.tsv"
     wildcard_constraints:
         model=r"(?!best-)[^/]+",
     conda:
@@ -136,6 +144,8 @@ rule best_plot_data:
         "results/hists/best-{scan}/plot_data.h5",
     log:
         "logs/scans/{scan}_best_plot_data.log",
+    benchmark:
+        "logs/benchmarks/best_plot_data/scans/{scan}_best_plot_data.tsv"
     conda:
         ENV
     threads: 1
@@ -164,6 +174,8 @@ rule hists_plots:
         ),
     log:
         "logs/hists/{model}_plots.log",
+    benchmark:
+        "logs/benchmarks/hists_plots/hists/{model}_plots.tsv"
     conda:
         ENV
     threads: 1
@@ -188,6 +200,8 @@ rule signal_fit:
         plot_data="results/fits/{model}/{mode}/plot_data.json",
     log:
         "logs/fits/{model}/{mode}.log",
+    benchmark:
+        "logs/benchmarks/signal_fit/fits/{model}/{mode}.tsv"
     wildcard_constraints:
         mode="fixed|constrained|simultaneous",
     conda:
@@ -217,6 +231,8 @@ rule signal_fit_plots:
         ),
     log:
         "logs/fits/{model}/{mode}_plots.log",
+    benchmark:
+        "logs/benchmarks/signal_fit_plots/fits/{model}/{mode}_plots.tsv"
     wildcard_constraints:
         mode="fixed|constrained|simultaneous",
     conda:
@@ -242,6 +258,8 @@ rule workspace:
         provenance="results/fits/{model}/{mode}/workspace.provenance.json",
     log:
         "logs/fits/{model}/{mode}_workspace.log",
+    benchmark:
+        "logs/benchmarks/workspace/fits/{model}/{mode}_workspace.tsv"
     wildcard_constraints:
         mode="constrained|simultaneous",
     conda:

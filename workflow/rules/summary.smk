@@ -15,6 +15,8 @@ rule summary:
         ),
     log:
         "logs/summary.log",
+    benchmark:
+        "logs/benchmarks/summary/summary.tsv"
     conda:
         ENV
     threads: 1

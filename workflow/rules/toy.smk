@@ -4,6 +4,8 @@ rule toy_file:
         "resources/ntuples/{sample}/part{index}.root",
     log:
         "logs/toy/{sample}/part{index}.log",
+    benchmark:
+        "logs/benchmarks/toy_file/toy/{sample}/part{index}.tsv"
     conda:
         ENV
     threads: 1

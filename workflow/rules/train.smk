@@ -16,6 +16,8 @@ rule train_model:
         ),
     log:
         "logs/train/{model}/fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/train_model/train/{model}/fold{fold}.tsv"
     conda:
         ENV
     threads: 2
@@ -40,6 +42,8 @@ rule score_model:
         expand("results/scores/{{model}}/{sample}.parquet", sample=SAMPLES),
     log:
         "logs/scores/{model}.log",
+    benchmark:
+        "logs/benchmarks/score_model/scores/{model}.tsv"
     conda:
         ENV
     threads: 2

@@ -13,6 +13,8 @@ rule transform_weights:
         plots=weights_plot_dirs(),
     log:
         "logs/weights/transform_weights.log",
+    benchmark:
+        "logs/benchmarks/transform_weights/weights/transform_weights.tsv"
     conda:
         ENV
     threads: 2

@@ -16,13 +16,28 @@ KEYS = ("run", "luminosityBlock", "event")
 JES_VARIATIONS = ("jesUp", "jesDown")
 
 
+def _unblinded_rows(score_path: str, region: np.ndarray, is_mc: bool) -> np.ndarray:
+    """Rows to read: all, except (data only) those of the region the scoring stage blinded
+    (its ``blinded_region`` metadata: those events have no score and are not returned)."""
+    keep = np.ones(len(region), dtype=bool)
+    if is_mc:
+        return keep
+    from vhbb.data.cache import read_metadata
+
+    blinded = read_metadata(score_path).get("blinded_region")
+    if blinded is not None:
+        keep &= region != str(blinded)
+    return keep
+
+
 def read_events(
     cache_path: str, score_path: str, sample: str, is_mc: bool
 ) -> dict[str, np.ndarray]:
     """Cached columns joined row by row with the out-of-fold scores (keys checked).
 
     Columns: the keys, ``weight``, ``region`` (str), ``m_jj``, ``score`` and, for MC, the JES
-    variations ``region_<v>``, ``m_jj_<v>``, ``score_<v>``.  Scores must be finite.
+    variations ``region_<v>``, ``m_jj_<v>``, ``score_<v>``.  Scores must be finite.  Data
+    events of a region blinded by the scoring stage (no score) are left out.
     """
     import pandas as pd
 
@@ -45,11 +60,14 @@ def read_events(
         if not np.array_equal(cache[key].to_numpy(), scores[key].to_numpy()):
             raise InputError(f"{score_path}: event keys differ from {cache_path} (column {key})")
     out = {c: cache[c].to_numpy() for c in cols}
+    keep = _unblinded_rows(score_path, cache["region"].astype(str).to_numpy(), is_mc)
     for c in score_cols[len(KEYS) :]:
         values = scores[c].to_numpy(np.float64)
-        if not np.all(np.isfinite(values)):
+        if not np.all(np.isfinite(values[keep])):
             raise DataError(f"{score_path}: column {c} has non-finite scores ({sample})")
         out[c] = values
+    if not keep.all():
+        out = {c: v[keep] for c, v in out.items()}
     out["region"] = out["region"].astype(str)
     if is_mc:
         for v in JES_VARIATIONS:

@@ -96,11 +96,13 @@ def run_scores(
     for sample, path in cache_paths.items():
         frame = pd.read_parquet(path)
         scored = score_frame(frame, sample, models, feature_names, is_mc[sample])
+        meta: dict[str, Any] = {"sample": sample, "n_folds": len(models)}
         if blinding and blinding.get("enabled") and not is_mc[sample]:
             blind = (frame["region"].astype(str) == str(blinding["signal_region"])).to_numpy()
             scored.loc[blind, "score"] = np.nan
+            meta["blinded_region"] = str(blinding["signal_region"])  # readers drop its rows
             log.info("%s: %d signal-region data events blinded (no score)", sample, blind.sum())
-        write_parquet(outputs[sample], scored, {"sample": sample, "n_folds": len(models)})
+        write_parquet(outputs[sample], scored, meta)
         summary[sample] = len(scored)
         log.info("%s: scored %d events -> %s", sample, len(scored), Path(outputs[sample]))
     return summary
