@@ -104,8 +104,9 @@ def check_consistency(config: dict, schema: dict | None = None) -> None:
         raise ConfigError(
             f"config error at 'export.training_region': '{training}' is not in export.regions"
         )
-    _check_selections(regions)
-    _check_features(config.get("features", {}).get("training", []))
+    known = _cached_columns(config)
+    _check_selections(regions, known)
+    _check_features(config.get("features", {}).get("training", []), known)
     window = config.get("blinding", {}).get("window")
     if window is not None and len(window) == 2 and not window[0] < window[1]:
         raise ConfigError(
@@ -115,11 +116,17 @@ def check_consistency(config: dict, schema: dict | None = None) -> None:
     _check_models(config.get("models", {}), load_schema() if schema is None else schema)
 
 
-def _cached_columns() -> tuple[str, ...]:
-    """The columns a selection or a training feature may name (the cache's derived columns)."""
+def _cached_columns(config: dict) -> tuple[str, ...]:
+    """The columns a selection or a training feature may name: the cache's derived columns and
+    the extra ``columns`` that every layout in use defines (a custom layout's expressions)."""
     from vhbb.data.cache import DERIVED_COLUMNS
 
-    return DERIVED_COLUMNS
+    samples = config.get("samples", {})
+    layouts = samples.get("layouts", {})
+    used = {s.get("layout") for s in samples.get("list", {}).values()}
+    extra = [set((layouts.get(u) or {}).get("columns") or {}) for u in used if u in layouts]
+    common = set.intersection(*extra) if extra else set()
+    return (*DERIVED_COLUMNS, *sorted(common - set(DERIVED_COLUMNS)))
 
 
 def _unknown_name(where: str, name: str, known: Iterable[str], what: str) -> ConfigError:
@@ -132,7 +139,7 @@ def _unknown_name(where: str, name: str, known: Iterable[str], what: str) -> Con
     )
 
 
-def _check_selections(regions: dict) -> None:
+def _check_selections(regions: dict, known: Iterable[str]) -> None:
     from vhbb.data import expressions
 
     selections = []
@@ -140,7 +147,7 @@ def _check_selections(regions: dict) -> None:
         selections.append(("regions.preselection", regions["preselection"]))
     for name, expr in regions.get("definitions", {}).items():
         selections.append((f"regions.definitions.{name}", expr))
-    known = _cached_columns()
+    known = tuple(known)
     for where, expr in selections:
         try:
             used = expressions.names(expr)
@@ -150,8 +157,8 @@ def _check_selections(regions: dict) -> None:
             raise _unknown_name(where, name, known, "column")
 
 
-def _check_features(features: list) -> None:
-    known = _cached_columns()
+def _check_features(features: list, known: Iterable[str]) -> None:
+    known = tuple(known)
     for feature in features:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", feature):
             raise ConfigError(f"config error at 'features.training': bad column name '{feature}'")

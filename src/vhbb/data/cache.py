@@ -215,54 +215,65 @@ def nanoaod_events(
     Returns the events per variation (None = nominal) and the mask of events with at least two
     selected jets (events with fewer cannot form a b-jet pair and are dropped).
     """
-    import awkward as ak
+    from vhbb.data import layouts
 
-    jets = ak.zip(
-        {
-            "pt": arrays["Jet_pt"],
-            "eta": arrays["Jet_eta"],
-            "phi": arrays["Jet_phi"],
-            "mass": arrays["Jet_mass"],
-            "btag": arrays[layout["btag_branch"]],
-        }
-    )
-    good = (jets.pt > layout["jet_pt_min"]) & (np.abs(jets.eta) < layout["jet_eta_max"])
-    if layout.get("jet_id_min", 0) > 0:
-        good = good & (arrays["Jet_jetId"] >= layout["jet_id_min"])
-    jets = jets[good]
-    has_pair = ak.num(jets) >= 2
-    jets = jets[has_pair]
-    order = ak.argsort(jets.btag, ascending=False, stable=True)
-    jets = jets[order]
-    pair, add = jets[:, :2], jets[:, 2:]
-    k = N_ADD_SLOTS
-
-    def pad(x, fill: float = 0.0) -> np.ndarray:  # type: ignore[no-untyped-def]
-        return ak.to_numpy(ak.fill_none(ak.pad_none(x, k, clip=True), fill)).astype(np.float64)
-
-    def two(x) -> np.ndarray:  # type: ignore[no-untyped-def]
-        return ak.to_numpy(x).astype(np.float64).reshape(-1, 2)
-
-    met_pt = ak.to_numpy(arrays["MET_pt"][has_pair]).astype(np.float64)
-    met_phi = ak.to_numpy(arrays["MET_phi"][has_pair]).astype(np.float64)
-    soft = ak.to_numpy(arrays[layout["soft_activity_branch"]][has_pair]).astype(np.float64)
-    base = JetEvent(
-        jet_pt=two(pair.pt),
-        jet_eta=two(pair.eta),
-        jet_phi=two(pair.phi),
-        jet_mass=two(pair.mass),
-        jet_btag=two(pair.btag),
-        add_pt=pad(add.pt),
-        add_eta=pad(add.eta),
-        add_phi=pad(add.phi),
-        met_pt=met_pt,
-        met_phi=met_phi,
-        soft_activity=soft,
-    )
+    red = layouts.reduce_custom(arrays, layouts.nanoaod_preset(layout), is_mc=False)
+    base = jet_event(red)
     out: dict[str | None, JetEvent] = {None: base}
     for var, sign in (("jesUp", 1.0), ("jesDown", -1.0)):
         out[var] = scale_jes(base, sign, layout["jes_uncertainty"])
-    return out, ak.to_numpy(has_pair)
+    return out, red.has_pair
+
+
+def jet_event(red) -> JetEvent:  # type: ignore[no-untyped-def]
+    """The standard structure from a reduced chunk (:class:`vhbb.data.layouts.Reduced`)."""
+    from vhbb.data.layouts import pad, two
+
+    return JetEvent(
+        jet_pt=two(red.pair.pt),
+        jet_eta=two(red.pair.eta),
+        jet_phi=two(red.pair.phi),
+        jet_mass=two(red.pair.mass),
+        jet_btag=two(red.pair.btag),
+        add_pt=pad(red.add.pt, N_ADD_SLOTS),
+        add_eta=pad(red.add.eta, N_ADD_SLOTS),
+        add_phi=pad(red.add.phi, N_ADD_SLOTS),
+        met_pt=red.met_pt,
+        met_phi=red.met_phi,
+        soft_activity=np.asarray(red.soft_activity, dtype=np.float64),
+    )
+
+
+def flat_jet_set(ev: JetEvent, name: str):  # type: ignore[no-untyped-def]
+    """A jet set of the flat layout as awkward records (additional jets: mass and b-tag 0)."""
+    import awkward as ak
+
+    def reg(x: np.ndarray):  # type: ignore[no-untyped-def]
+        return ak.from_regular(ak.Array(np.asarray(x, dtype=np.float64)), axis=1)
+
+    pair = ak.zip(
+        {
+            "pt": reg(ev.jet_pt),
+            "eta": reg(ev.jet_eta),
+            "phi": reg(ev.jet_phi),
+            "mass": reg(ev.jet_mass),
+            "btag": reg(ev.jet_btag),
+        }
+    )
+    if name == "pair":
+        return pair
+    keep = ak.Array(ev.add_pt > 0)
+    zero = np.zeros_like(ev.add_pt)
+    add = ak.zip(
+        {
+            "pt": reg(ev.add_pt),
+            "eta": reg(ev.add_eta),
+            "phi": reg(ev.add_phi),
+            "mass": reg(zero),
+            "btag": reg(zero),
+        }
+    )[ak.from_regular(keep, axis=1)]
+    return ak.concatenate([pair, add], axis=1)
 
 
 def scale_jes(ev: JetEvent, sign: float, unc: Mapping[str, float]) -> JetEvent:
@@ -398,11 +409,22 @@ def cache_file(
     """
     from tqdm import tqdm
 
+    from vhbb.data import layouts
+
     kind = layout["kind"]
     ttree = _open_tree(path, layout["tree"])
-    needed = flat_branches(layout, is_mc) if kind == "flat" else nanoaod_branches(layout, is_mc)
+    if kind == "nanoaod":
+        layout, kind = layouts.nanoaod_preset(layout), "custom"
+    if kind == "flat":
+        needed = flat_branches(layout, is_mc)
+        weight_branch = layout["weight_branch"]
+    else:
+        needed = layouts.custom_branches(layout, is_mc)
+        weight_branch = str(layout.get("weight", "genWeight"))
     _check_branches(ttree, path, needed)
-    weight_branch = layout["weight_branch"]
+    extra = _correction_branches(ttree, path, layout, is_mc)
+    needed = list(dict.fromkeys([*needed, *extra]))
+    norm = dict(layout.get("normalisation") or {}) if kind == "custom" else {}
     stats = {
         "input": path,
         "n_read": 0,
@@ -413,6 +435,7 @@ def cache_file(
     }
     frames: list[pd.DataFrame] = []
     library = "np" if kind == "flat" else "ak"
+    columns = _extra_column_names(layout, is_mc)
     try:
         chunks = ttree.iterate(needed, step_size=chunk_size, library=library)
         for arrays in tqdm(
@@ -429,6 +452,7 @@ def cache_file(
                 stats,
                 nan_policy,
                 path,
+                extra_branches=extra,
             )
             frames.append(frame)
     except VhbbError:
@@ -438,18 +462,79 @@ def cache_file(
             f"failed reading {path} ({sample}): {type(exc).__name__}: {exc}. The file may be "
             "truncated or corrupt: copy or regenerate it."
         ) from None
-    frame = pd.concat(frames, ignore_index=True) if frames else _empty_frame(is_mc, list(regions))
+    frame = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else _empty_frame(is_mc, list(regions), columns)
+    )
     stats["n_selected"] = len(frame)
+    if is_mc and norm.get("from") == "runs":
+        stats["sum_gen_weight_events"] = stats["sum_gen_weight"]
+        stats["sum_gen_weight"] = layouts.sum_of_weights(path, norm)
+    elif is_mc and norm.get("from") == "value":
+        if "value" not in norm:
+            raise ConfigError(
+                "config error at 'samples.layouts.<name>.normalisation': 'from: value' needs "
+                "'value' (the sample's total sum of generator weights)"
+            )
+        stats["sum_gen_weight_fixed"] = float(norm["value"])
     if stats["n_read"] == 0:
         log.warning("%s (%s): tree '%s' holds no events", path, sample, layout["tree"])
     return frame, stats
 
 
-def _process_chunk(
-    arrays, kind, layout, is_mc, weight_branch, preselection, regions, stats, nan_policy, path
-):  # type: ignore[no-untyped-def]
-    import awkward as ak
+def _correction_branches(ttree, path: str, layout: Mapping[str, Any], is_mc: bool) -> list[str]:  # type: ignore[no-untyped-def]
+    """Branches the correction inputs read (names that are no cached column or jet field)."""
+    from vhbb.data import corrections
 
+    specs = list(layout.get("corrections") or []) if is_mc else []
+    if not specs:
+        return []
+    jet_fields = {"pt", "eta", "phi", "mass", "btag"} | set(
+        (layout.get("jets") or {}).get("fields") or {}
+    )
+    extra = set(_extra_column_names(layout, is_mc))
+    names = sorted(corrections.event_names(specs) - set(DERIVED_COLUMNS) - jet_fields - extra)
+    available = set(ttree.keys())
+    for name in names:
+        if name not in available:
+            close = difflib.get_close_matches(name, sorted(available | jet_fields), n=3)
+            raise InputError(
+                f"correction input column '{name}' (samples.layouts.<name>.corrections) is "
+                f"neither a cached column, a jet field ({', '.join(sorted(jet_fields))}) nor a "
+                f"branch of {path}" + (f" (close matches: {', '.join(close)})" if close else "")
+            )
+    return names
+
+
+def _extra_column_names(layout: Mapping[str, Any], is_mc: bool) -> list[str]:
+    from vhbb.data import corrections
+
+    names = list(layout.get("columns") or {}) if layout.get("kind") == "custom" else []
+    if is_mc:
+        names += corrections.variation_columns(layout.get("corrections") or [])
+    return names
+
+
+def _process_chunk(
+    arrays,
+    kind,
+    layout,
+    is_mc,
+    weight_branch,
+    preselection,
+    regions,
+    stats,
+    nan_policy,
+    path,
+    *,
+    extra_branches=(),
+):  # type: ignore[no-untyped-def]
+    from vhbb.data import corrections, layouts
+
+    if kind == "nanoaod":
+        layout, kind = layouts.nanoaod_preset(layout), "custom"
+    extras: dict[str, np.ndarray] = {}
     if kind == "flat":
         n = len(arrays["event"])
         gen_weight = np.asarray(arrays[weight_branch], dtype=np.float64) if is_mc else np.ones(n)
@@ -459,13 +544,26 @@ def _process_chunk(
                 variations[var] = flat_events(arrays, layout, var)
         has_pair = np.ones(n, dtype=bool)
         keys = {k: np.asarray(arrays[k]) for k in KEY_COLUMNS}
+        event_ns = {k: np.asarray(arrays[k], dtype=np.float64) for k in extra_branches}
+
+        def jet_set(name: str):  # type: ignore[no-untyped-def]
+            return flat_jet_set(variations[None], name)
     else:
-        n = len(arrays)
-        gen_weight = ak.to_numpy(arrays[weight_branch]).astype(np.float64) if is_mc else np.ones(n)
-        variations, has_pair = nanoaod_events(arrays, layout)
-        if not is_mc:
-            variations = {None: variations[None]}
-        keys = {k: ak.to_numpy(arrays[k]) for k in KEY_COLUMNS}
+        red = layouts.reduce_custom(
+            arrays, layout, is_mc, path, stats["n_read"], extra=list(extra_branches)
+        )
+        n = len(red.has_pair)
+        gen_weight = red.gen_weight
+        base = jet_event(red)
+        variations = {None: base}
+        if is_mc:
+            for var, sign in (("jesUp", 1.0), ("jesDown", -1.0)):
+                variations[var] = scale_jes(base, sign, layout["jes_uncertainty"])
+        has_pair = red.has_pair
+        keys = dict(red.keys)
+        event_ns = red.namespace
+        extras = layouts.extra_columns(layout, red.namespace)
+        jet_set = red.jet_set
     if is_mc:
         bad_weight = ~np.isfinite(gen_weight)
         if bad_weight.any():
@@ -479,9 +577,16 @@ def _process_chunk(
     stats["n_read"] += n
     stats["sum_gen_weight"] += float(gen_weight.sum())
     stats["n_pair"] += int(has_pair.sum())
-    columns: dict[str, np.ndarray] = {k: v[has_pair] for k, v in keys.items()}
+    columns: dict[str, np.ndarray] = dict(keys)  # already restricted to the events with a pair
     columns["gen_weight"] = gen_weight[has_pair]
     columns.update(derive(variations[None], layout["add_jet_pt_min"], layout["add_jet_eta_max"]))
+    specs = list(layout.get("corrections") or []) if is_mc else []
+    if specs:
+        ns = {**event_ns, **{k: columns[k] for k in DERIVED_COLUMNS}, **extras}
+        factor, ratios = corrections.evaluate(specs, ns, jet_set)
+        columns["gen_weight"] = columns["gen_weight"] * factor
+        columns.update(ratios)
+    columns.update(extras)
     for var in VARIATIONS:
         if var in variations:
             derived = derive(variations[var], layout["add_jet_pt_min"], layout["add_jet_eta_max"])
@@ -535,10 +640,14 @@ def _frame(columns: dict[str, np.ndarray], is_mc: bool, region_names: list[str])
     return pd.DataFrame(data)
 
 
-def _empty_frame(is_mc: bool, region_names: list[str]) -> pd.DataFrame:
+def _empty_frame(
+    is_mc: bool, region_names: list[str], extra: list[str] | tuple[str, ...] = ()
+) -> pd.DataFrame:
     cols: dict[str, np.ndarray] = {k: np.zeros(0) for k in KEY_COLUMNS}
     cols["gen_weight"] = np.zeros(0)
     for name in DERIVED_COLUMNS:
+        cols[name] = np.zeros(0)
+    for name in extra:
         cols[name] = np.zeros(0)
     cols["region"] = np.zeros(0, dtype=object)
     if is_mc:
@@ -682,6 +791,14 @@ def merge_sample(
     check_duplicate_keys(parts, part_stats, sample)
     frame = pd.concat(parts, ignore_index=True)
     sum_gen = float(sum(float(s.get("sum_gen_weight") or 0.0) for s in part_stats))
+    fixed = {s.get("sum_gen_weight_fixed") for s in part_stats}
+    if is_mc and fixed != {None}:
+        if len(fixed) != 1:
+            raise ConfigError(
+                f"sample '{sample}': its files disagree on the fixed sum of generator weights "
+                f"(normalisation from: value): {sorted(map(str, fixed))}; use one layout"
+            )
+        sum_gen = float(next(iter(fixed)))  # type: ignore[arg-type]
     stats: dict[str, Any] = {
         "n_files": len(parts),
         "n_read": n_read,

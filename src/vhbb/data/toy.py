@@ -372,14 +372,54 @@ def generate_data_file(
     return data
 
 
-def write_tree(path: str | Path, branches: dict[str, np.ndarray], compression: str = "lz4") -> None:
-    """Write ``branches`` as TTree ``Events`` atomically (no half-written file on failure)."""
+FORMATS = ("ttree", "rntuple")
+
+
+def write_tree(
+    path: str | Path,
+    branches: Mapping[str, np.ndarray],
+    compression: str = "lz4",
+    format: str = "ttree",
+    name: str = "Events",
+) -> None:
+    """Write ``branches`` as a TTree or an RNTuple ``name`` atomically (no half-written file).
+
+    The format is explicit: since uproot 5.7, ``fout[name] = {...}`` writes an *RNTuple*, so a
+    TTree is made with ``mktree`` + ``extend`` and an RNTuple with ``mkrntuple`` + ``extend``.
+    ``branches`` may hold jagged awkward arrays (written with a counter branch in a TTree).
+    """
     import uproot
 
+    if format not in FORMATS:
+        raise ConfigError(
+            f"config error at 'toy.format': unknown format '{format}'; use one of "
+            f"{', '.join(FORMATS)}"
+        )
     codec = {"lz4": uproot.LZ4(1), "zstd": uproot.ZSTD(1), "zlib": uproot.ZLIB(1)}[compression]
+    data = dict(branches)
     with atomic_path(path) as tmp:
         with uproot.recreate(tmp, compression=codec) as fout:
-            fout["Events"] = branches
+            if format == "ttree":
+                types = {k: _branch_type(v) for k, v in data.items()}
+                fout.mktree(name, types).extend(data)
+            else:
+                fout.mkrntuple(name, _rntuple_types(data)).extend(data)
+
+
+def _branch_type(values):  # type: ignore[no-untyped-def]
+    """The ``mktree`` type of one branch: a numpy dtype, or the awkward type of a jagged one."""
+    if isinstance(values, np.ndarray):
+        return values.dtype if values.ndim == 1 else np.dtype((values.dtype, values.shape[1:]))
+    return values.type.content  # awkward array: drop the outer (entries) dimension
+
+
+def _rntuple_types(data: Mapping):  # type: ignore[no-untyped-def]
+    import awkward as ak
+
+    return ak.zip(
+        {k: ak.Array(v) if not isinstance(v, np.ndarray) else v for k, v in data.items()},
+        depth_limit=1,
+    ).layout.form
 
 
 def run_toy_file(
@@ -394,8 +434,12 @@ def run_toy_file(
     n_events: int = 0,
     data_expected: Mapping[str, float] | None = None,
     mismodelling_scale: float = 1.0,
+    format: str = "ttree",
 ) -> int:
-    """Write one toy file (MC when ``process`` is given, else pseudo-data); return its size."""
+    """Write one toy file (MC when ``process`` is given, else pseudo-data); return its size.
+
+    ``format``: ``ttree`` or ``rntuple`` (``toy.format``); the values are the same either way.
+    """
     ss = derive_seed(seed, sample, file_index)
     jes_pair = (jes["constant"], jes["over_pt"])
     if data_expected is None:
@@ -406,7 +450,7 @@ def run_toy_file(
         branches = generate_data_file(
             dict(data_expected), ss, file_index, mismodelling_scale, jes=jes_pair
         )
-    write_tree(path, branches, compression)
+    write_tree(path, branches, compression, format=format)
     n = len(branches["event"])
     log.info("%s: wrote %d events to %s", sample, n, path)
     return n
@@ -421,6 +465,7 @@ def file_spec(config: Mapping, sample: str, file_index: int) -> dict:
         "file_index": int(file_index),
         "seed": int(config["seed"]),
         "compression": toy_cfg["compression"],
+        "format": toy_cfg.get("format", "ttree"),
         "jes": dict(toy_cfg["jes_uncertainty"]),
     }
     processes = config["samples"]["processes"]
