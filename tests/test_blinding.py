@@ -136,7 +136,8 @@ def _perturb_blinded(cache: Path, region: str, window: tuple[float, float], seed
         if col in keys or not np.issubdtype(frame[col].dtype, np.floating):
             continue
         vals = frame.loc[sel, col].to_numpy()
-        frame.loc[sel, col] = rng.permutation(vals) * (1 + 0.01 * rng.normal(size=n))
+        new = rng.permutation(vals) * (1 + 0.01 * rng.normal(size=n))
+        frame.loc[sel, col] = new.astype(frame[col].dtype)
     lo, hi = window
     frame.loc[sel, "m_jj"] = rng.uniform(lo + 0.5, hi - 0.5, n).astype(frame["m_jj"].dtype)
     write_parquet(cache, frame, meta)
