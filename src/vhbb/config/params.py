@@ -287,10 +287,11 @@ def fit_models(config: Mapping) -> list[str]:
 
 
 def hists(config: Mapping, model: str) -> dict[str, Any]:
-    """Params of the m_jj x score histograms of ``model`` (binning, regions, blinding, split).
+    """Params of the m_jj x score histograms of ``model`` (binning, regions, blinding, split,
+    the weight systematics to histogram: ``fit.systematics.weights``).
 
-    Fit-only options (mode, systematics, POI bounds) are not here: changing them reruns the
-    fits, not the histograms.
+    Other fit-only options (mode, the other systematics, POI bounds) are not here: changing
+    them reruns the fits, not the histograms.
     """
     from vhbb.core.errors import ConfigError
 
@@ -315,8 +316,37 @@ def hists(config: Mapping, model: str) -> dict[str, Any]:
             "cr_data_fit_fraction": config["export"]["cr_data_fit_fraction"],
             "seed": config["seed"],
             "lumi": config["lumi"],
+            "weight_systematics": weight_systematics(config),
         }
     )
+
+
+def weight_systematics(config: Mapping) -> str | list[str]:
+    """``fit.systematics.weights``: ``"auto"`` or the listed names (checked against the other
+    fit parameter names: ``mu``, ``jes``, ``sf_*``, ``gamma_*``, ``staterror_*``, lnN terms)."""
+    from vhbb.core.errors import ConfigError
+
+    syst = config["fit"]["systematics"]
+    setting = syst.get("weights", "auto")
+    if setting == "auto":
+        return "auto"
+    names = [str(n) for n in setting]
+    reserved = [
+        n
+        for n in names
+        if n in ("mu", "jes")
+        or n.startswith(("sf_", "gamma_", "staterror_"))
+        or n in syst.get("lnN", {})
+    ]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if reserved or dupes:
+        raise ConfigError(
+            "config error at 'fit.systematics.weights': "
+            + (f"{', '.join(reserved)} clash with other fit parameters" if reserved else "")
+            + ("; " if reserved and dupes else "")
+            + (f"{', '.join(dupes)} listed twice" if dupes else "")
+        )
+    return names
 
 
 def hists_plot_data(config: Mapping) -> dict[str, Any]:
@@ -345,6 +375,7 @@ def signal_fit(config: Mapping, model: str, mode: str) -> dict[str, Any]:
                 raise ConfigError(
                     f"config error at 'fit.systematics.lnN.{name}': '{proc}' is not an MC process"
                 )
+    weight_systematics(config)
     lo, hi = fit["poi_bounds"]
     if not lo < 1.0 < hi:
         raise ConfigError(f"config error at 'fit.poi_bounds': must contain 1, got {[lo, hi]}")
@@ -499,7 +530,9 @@ def evaluate(config: Mapping, model: str) -> dict[str, Any]:
             # the fast significance: binning, lnN and MC statistics (JES needs varied scores)
             "fit": {
                 "binning": fit["binning"],
-                "systematics": {k: v for k, v in fit["systematics"].items() if k != "jes"},
+                "systematics": {
+                    k: v for k, v in fit["systematics"].items() if k not in ("jes", "weights")
+                },
                 "poi_bounds": fit["poi_bounds"],
             },
             "seed": config["seed"],

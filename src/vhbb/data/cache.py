@@ -3,7 +3,8 @@
 Two input layouts are supported through the config, with no code change:
 
 * ``flat``: the toy trees (one branch per quantity: ``Jet1_pt``, ``AddJet2_eta``, ``MET_pt``,
-  JES variations as ``<branch>_jesUp/_jesDown``);
+  JES variations as ``<branch>_jesUp/_jesDown``; MC branches ``weight_<name>Up/Down``, ratios to
+  the nominal weight, are cached as they are: :func:`flat_weight_variations`);
 * ``nanoaod``: CMS NanoAOD (jagged ``Jet_*`` collections).  The two b-jet candidates are the
   two selected jets with the highest b-tag score; additional jets are the other selected jets.
   JES variations are made by scaling every jet with the parametrised uncertainty and
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,8 @@ VARIATIONS = ("jesUp", "jesDown")
 KEY_COLUMNS = ("run", "luminosityBlock", "event")
 NO_REGION = "none"
 N_ADD_SLOTS = 6
+# a weight variation column: weight_<name>Up / weight_<name>Down (ratio to the nominal weight)
+WEIGHT_VARIATION = re.compile(r"^weight_([A-Za-z][A-Za-z0-9_]*?)(Up|Down)$")
 
 # columns that change under a JES variation (stored as <name>_<variation>)
 VARIED_COLUMNS = (
@@ -82,61 +86,157 @@ class JetEvent:
     soft_activity: np.ndarray
 
 
+TWO_PI = 2 * np.pi
+
+
+def _mod_two_pi(y: np.ndarray) -> np.ndarray:
+    """``y % (2 * pi)`` (numpy's floating remainder, bit for bit), faster for -2pi < y < 4pi.
+
+    There numpy's result is ``y + 2pi`` (y < 0: one rounding), ``y`` or ``y - 2pi`` (exact by
+    Sterbenz's lemma); other values (and NaN) take ``np.remainder``.
+    """
+    # y + 2pi * (-1, 0 or 1): adding -2pi is subtracting 2pi, adding +0.0 keeps y (y != -0.0)
+    shift = (y < 0).view(np.int8) - (y >= TWO_PI).view(np.int8)
+    out = y + TWO_PI * shift
+    odd = ~((y > -TWO_PI) & (y < 2 * TWO_PI)) | (y == 0)  # (numpy: -0.0 % 2pi is +0.0)
+    if odd.any():
+        out[odd] = np.remainder(y[odd], TWO_PI)
+    return out
+
+
 def _dphi(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.abs((a - b + np.pi) % (2 * np.pi) - np.pi)
+    """``|a - b|`` wrapped into [0, pi] (as ``np.abs((a - b + pi) % (2 * pi) - pi)``)."""
+    return np.abs(_mod_two_pi(a - b + np.pi) - np.pi)
+
+
+def _rectify(phi: np.ndarray) -> np.ndarray:
+    """``phi`` wrapped into [-pi, pi) as ``vector`` does: ``(phi + pi) % (2 * pi) - pi``."""
+    return _mod_two_pi(phi + np.pi) - np.pi
+
+
+def _inv_sin_theta2(eta: np.ndarray) -> np.ndarray:
+    """``1 / sin(theta)**2`` from eta, as ``vector`` computes it (``mag2 = rho**2 * this``)."""
+    expmeta = np.exp(-eta)
+    invsintheta = 0.5 * (1 + expmeta**2) / expmeta
+    return invsintheta**2
+
+
+@dataclass
+class _Geometry:
+    """The per-chunk quantities that a JES variation leaves alone (jet directions), computed
+    once from the nominal event and shared by every variation."""
+
+    cos_dphi: np.ndarray  # cos / sin of phi2 - phi1
+    sin_dphi: np.ndarray
+    sinh_eta: tuple[np.ndarray, np.ndarray]
+    inv_sin2: tuple[np.ndarray, np.ndarray]
+    add_eta_ok: np.ndarray  # (N, K): |eta| of the additional jets below the threshold
+
+    @classmethod
+    def of(cls, ev: JetEvent, add_jet_eta_max: float) -> _Geometry:
+        eta0, eta1 = ev.jet_eta[:, 0], ev.jet_eta[:, 1]
+        with np.errstate(all="ignore"):
+            diff = ev.jet_phi[:, 1] - ev.jet_phi[:, 0]
+            return cls(
+                cos_dphi=np.cos(diff),
+                sin_dphi=np.sin(diff),
+                sinh_eta=(np.sinh(eta0), np.sinh(eta1)),
+                inv_sin2=(_inv_sin_theta2(eta0), _inv_sin_theta2(eta1)),
+                add_eta_ok=np.abs(ev.add_eta) < add_jet_eta_max,
+            )
+
+
+def _pair_sum(ev: JetEvent, geo: _Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pT, phi, mass) of the sum of the two b-jet candidates.
+
+    The operations are those of ``vector`` for two (pt, eta, phi, mass) vectors, in the same
+    order (so the values are the same to the last bit), with the direction terms shared by the
+    JES variations (:class:`_Geometry`) and without ``vector``'s per-call overhead.
+    """
+    pt1, pt2 = ev.jet_pt[:, 0], ev.jet_pt[:, 1]
+    m1, m2 = ev.jet_mass[:, 0], ev.jet_mass[:, 1]
+    with np.errstate(all="ignore"):
+        # azimuthal sum (vector._compute.planar.add.rhophi_rhophi)
+        u = pt2 * geo.cos_dphi
+        v = pt2 * geo.sin_dphi
+        rho = np.sqrt((pt1 + u) ** 2 + v**2)
+        phi = _rectify(ev.jet_phi[:, 0] + np.arctan2(v, pt1 + u))
+        # longitudinal sum (spatial.add.rhophi_eta_rhophi_eta, spatial.eta.rhophi_z)
+        z = pt1 * geo.sinh_eta[0] + pt2 * geo.sinh_eta[1]
+        eta = np.arcsinh(z / rho)
+        if np.isnan(eta).any():  # (without NaN, nan_to_num would return eta as it is)
+            eta = np.nan_to_num(
+                eta,
+                nan=np.nan_to_num((z != 0) * np.inf, posinf=np.nan),
+                posinf=np.inf,
+                neginf=-np.inf,
+            )
+        # energies (lorentz.t.rhophi_eta_tau) and the mass of the sum (lorentz.tau.rhophi_eta_t)
+        t1 = np.sqrt(np.maximum(np.copysign(m1**2, m1) + pt1**2 * geo.inv_sin2[0], 0))
+        t2 = np.sqrt(np.maximum(np.copysign(m2**2, m2) + pt2**2 * geo.inv_sin2[1], 0))
+        squared = (t1 + t2) ** 2 - rho**2 * _inv_sin_theta2(eta)
+        tau = np.copysign(np.sqrt(np.absolute(squared)), squared)
+    return rho, phi, tau
 
 
 def derive(ev: JetEvent, add_jet_pt_min: float = 30.0, add_jet_eta_max: float = 2.5) -> dict:
-    """Analysis columns from the standard structure (vectorised, with the ``vector`` package)."""
-    import vector
+    """Analysis columns from the standard structure (vectorised; four-vector sums as the
+    ``vector`` package computes them)."""
+    return _derive(ev, add_jet_pt_min, _Geometry.of(ev, add_jet_eta_max), nominal=True)
 
-    j1 = vector.array(
-        {
-            "pt": ev.jet_pt[:, 0],
-            "eta": ev.jet_eta[:, 0],
-            "phi": ev.jet_phi[:, 0],
-            "mass": ev.jet_mass[:, 0],
-        }
-    )
-    j2 = vector.array(
-        {
-            "pt": ev.jet_pt[:, 1],
-            "eta": ev.jet_eta[:, 1],
-            "phi": ev.jet_phi[:, 1],
-            "mass": ev.jet_mass[:, 1],
-        }
-    )
-    pair = j1 + j2
-    counted = (ev.add_pt > add_jet_pt_min) & (np.abs(ev.add_eta) < add_jet_eta_max)
-    n_add = counted.sum(axis=1)
-    add_max = np.where(counted, ev.add_pt, 0.0).max(axis=1, initial=0.0)
-    dphi_jets = np.concatenate(
-        [
-            _dphi(ev.jet_phi, ev.met_phi[:, None]),
-            np.where(counted, _dphi(ev.add_phi, ev.met_phi[:, None]), np.pi),
-        ],
-        axis=1,
-    )
-    pt_jj = np.asarray(pair.pt)
+
+def _derive(ev: JetEvent, add_jet_pt_min: float, geo: _Geometry, nominal: bool) -> dict:
+    """:func:`derive` with the direction terms given; ``nominal=False``: only
+    :data:`VARIED_COLUMNS` (what a JES variation stores).
+
+    Row reductions over the few jet slots are written as element-wise chains over the slots
+    (the same operations in the same order as numpy's reductions, much faster on (N, 2..6)).
+    """
+    pt_jj, phi_jj, m_jj = _pair_sum(ev, geo)
+    pt0, pt1 = ev.jet_pt[:, 0], ev.jet_pt[:, 1]
+    met_phi = ev.met_phi
+    counted = (ev.add_pt > add_jet_pt_min) & geo.add_eta_ok
+    n_add = np.zeros(len(pt0), dtype=np.int64)
+    add_max = np.zeros(len(pt0))
+    min_dphi = np.minimum(_dphi(ev.jet_phi[:, 0], met_phi), _dphi(ev.jet_phi[:, 1], met_phi))
+    for k in range(counted.shape[1]):
+        ck = counted[:, k]
+        n_add += ck
+        rows = np.flatnonzero(ck)
+        if len(rows) == 0:
+            continue
+        add_max[rows] = np.maximum(add_max[rows], ev.add_pt[:, k][rows])
+        dphi = _dphi(ev.add_phi[:, k][rows], met_phi[rows])
+        min_dphi[rows] = np.minimum(min_dphi[rows], dphi)
     out = {
-        "m_jj": np.asarray(pair.mass),
+        "m_jj": m_jj,
         "pt_jj": pt_jj,
-        "j1_pt": ev.jet_pt.max(axis=1),
-        "j2_pt": ev.jet_pt.min(axis=1),
+        "j1_pt": np.maximum(pt0, pt1),
+        "j2_pt": np.minimum(pt0, pt1),
         "met_pt": ev.met_pt,
-        "dphi_jj_met": _dphi(np.asarray(pair.phi), ev.met_phi),
+        "dphi_jj_met": _dphi(phi_jj, met_phi),
         "n_add_jets": n_add.astype(np.float64),
         "add_jet_max_pt": add_max,
-        "min_dphi_jet_met": dphi_jets.min(axis=1),
+        "min_dphi_jet_met": min_dphi,
         "pt_balance": pt_jj / np.maximum(ev.met_pt, 1e-6),
-        "dr_jj": np.asarray(j1.deltaR(j2)),
-        "deta_jj": np.abs(ev.jet_eta[:, 0] - ev.jet_eta[:, 1]),
-        "btag_max": ev.jet_btag.max(axis=1),
-        "btag_min": ev.jet_btag.min(axis=1),
-        "j1_eta": np.where(ev.jet_pt[:, 0] >= ev.jet_pt[:, 1], ev.jet_eta[:, 0], ev.jet_eta[:, 1]),
-        "j2_eta": np.where(ev.jet_pt[:, 0] >= ev.jet_pt[:, 1], ev.jet_eta[:, 1], ev.jet_eta[:, 0]),
-        "soft_activity": ev.soft_activity.astype(np.float64),
     }
+    if not nominal:
+        return out
+    eta0, eta1 = ev.jet_eta[:, 0], ev.jet_eta[:, 1]
+    phi0, phi1 = ev.jet_phi[:, 0], ev.jet_phi[:, 1]
+    first = pt0 >= pt1
+    out.update(
+        {
+            # vector's deltaR (spatial.deltaR.rhophi_eta_rhophi_eta)
+            "dr_jj": np.sqrt(_rectify(phi0 - phi1) ** 2 + (eta0 - eta1) ** 2),
+            "deta_jj": np.abs(eta0 - eta1),
+            "btag_max": np.maximum(ev.jet_btag[:, 0], ev.jet_btag[:, 1]),
+            "btag_min": np.minimum(ev.jet_btag[:, 0], ev.jet_btag[:, 1]),
+            "j1_eta": np.where(first, eta0, eta1),
+            "j2_eta": np.where(first, eta1, eta0),
+            "soft_activity": ev.soft_activity.astype(np.float64),
+        }
+    )
     return out
 
 
@@ -163,28 +263,73 @@ def flat_branches(layout: Mapping[str, Any], is_mc: bool) -> list[str]:
     return names
 
 
+def flat_weight_variations(branches: Sequence[str]) -> list[str]:
+    """The weight-variation branches ``weight_<name>Up`` / ``weight_<name>Down`` of a flat tree
+    (ratios to the nominal weight, MC only), cached as columns of the same name.
+
+    Both sides of every name must be present: a lone ``Up`` or ``Down`` raises
+    :class:`~vhbb.core.errors.InputError`.  Sorted by name, ``Up`` before ``Down``.
+    """
+    found: dict[str, set[str]] = {}
+    for branch in branches:
+        m = WEIGHT_VARIATION.match(str(branch))
+        if m:
+            found.setdefault(m.group(1), set()).add(m.group(2))
+    lone = sorted(f"weight_{n}{next(iter(s))}" for n, s in found.items() if len(s) != 2)
+    if lone:
+        raise InputError(
+            f"weight variation branch(es) {', '.join(lone)} without the opposite side: a "
+            "weight systematic needs both weight_<name>Up and weight_<name>Down"
+        )
+    return [f"weight_{n}{side}" for n in sorted(found) for side in ("Up", "Down")]
+
+
 def flat_events(
-    arrays: Mapping[str, np.ndarray], layout: Mapping[str, Any], variation: str | None
+    arrays: Mapping[str, np.ndarray],
+    layout: Mapping[str, Any],
+    variation: str | None,
+    *,
+    base: JetEvent | None = None,
 ) -> JetEvent:
+    """The standard structure of a flat chunk under ``variation`` (None: nominal).
+
+    ``base``: the nominal structure of the same chunk; its arrays of the quantities a JES
+    variation leaves alone (directions, b-tag, soft activity) are shared instead of rebuilt.
+    """
     sfx = "" if variation is None else f"_{variation}"
     k = layout["n_add_jet_slots"]
     f8 = np.float64
 
     def stack(fmt: str, idx) -> np.ndarray:  # type: ignore[no-untyped-def]
-        return np.stack([np.asarray(arrays[fmt.format(i)], dtype=f8) for i in idx], axis=1)
+        # (N, K) in column-major order: each slot is one contiguous column
+        cols = [arrays[fmt.format(i)] for i in idx]
+        out = np.empty((len(cols), len(cols[0])), dtype=f8)
+        for j, col in enumerate(cols):
+            out[j] = col
+        return out.T
 
+    if base is None:
+        jet_eta = stack("Jet{}_eta", (1, 2))
+        jet_phi = stack("Jet{}_phi", (1, 2))
+        jet_btag = stack("Jet{}_" + layout["btag_branch"], (1, 2))
+        add_eta = stack("AddJet{}_eta", range(1, k + 1))
+        add_phi = stack("AddJet{}_phi", range(1, k + 1))
+        soft = np.asarray(arrays[layout["soft_activity_branch"]], dtype=f8)
+    else:
+        jet_eta, jet_phi, jet_btag = base.jet_eta, base.jet_phi, base.jet_btag
+        add_eta, add_phi, soft = base.add_eta, base.add_phi, base.soft_activity
     return JetEvent(
         jet_pt=stack("Jet{}_pt" + sfx, (1, 2)),
-        jet_eta=stack("Jet{}_eta", (1, 2)),
-        jet_phi=stack("Jet{}_phi", (1, 2)),
+        jet_eta=jet_eta,
+        jet_phi=jet_phi,
         jet_mass=stack("Jet{}_mass" + sfx, (1, 2)),
-        jet_btag=stack("Jet{}_" + layout["btag_branch"], (1, 2)),
+        jet_btag=jet_btag,
         add_pt=stack("AddJet{}_pt" + sfx, range(1, k + 1)),
-        add_eta=stack("AddJet{}_eta", range(1, k + 1)),
-        add_phi=stack("AddJet{}_phi", range(1, k + 1)),
+        add_eta=add_eta,
+        add_phi=add_phi,
         met_pt=np.asarray(arrays["MET_pt" + sfx], dtype=f8),
         met_phi=np.asarray(arrays["MET_phi" + sfx], dtype=f8),
-        soft_activity=np.asarray(arrays[layout["soft_activity_branch"]], dtype=f8),
+        soft_activity=soft,
     )
 
 
@@ -229,6 +374,21 @@ def jet_event(red) -> JetEvent:  # type: ignore[no-untyped-def]
     """The standard structure from a reduced chunk (:class:`vhbb.data.layouts.Reduced`)."""
     from vhbb.data.layouts import pad, two
 
+    if red.padded is not None:  # the numpy reduction (layouts._fast_jets)
+        p = red.padded
+        return JetEvent(
+            jet_pt=p["pair_pt"],
+            jet_eta=p["pair_eta"],
+            jet_phi=p["pair_phi"],
+            jet_mass=p["pair_mass"],
+            jet_btag=p["pair_btag"],
+            add_pt=p["add_pt"],
+            add_eta=p["add_eta"],
+            add_phi=p["add_phi"],
+            met_pt=red.met_pt,
+            met_phi=red.met_phi,
+            soft_activity=np.asarray(red.soft_activity, dtype=np.float64),
+        )
     return JetEvent(
         jet_pt=two(red.pair.pt),
         jet_eta=two(red.pair.eta),
@@ -276,18 +436,69 @@ def flat_jet_set(ev: JetEvent, name: str):  # type: ignore[no-untyped-def]
     return ak.concatenate([pair, add], axis=1)
 
 
-def scale_jes(ev: JetEvent, sign: float, unc: Mapping[str, float]) -> JetEvent:
-    """Scale every jet by ``1 + sign * jes_uncertainty(pT)`` and propagate to MET."""
-    s_pair = 1.0 + sign * jes_uncertainty(ev.jet_pt, unc["constant"], unc["over_pt"])
-    s_add = 1.0 + sign * jes_uncertainty(ev.add_pt, unc["constant"], unc["over_pt"])
-    dpx = (ev.jet_pt * (s_pair - 1) * np.cos(ev.jet_phi)).sum(1) + (
-        ev.add_pt * (s_add - 1) * np.cos(ev.add_phi)
-    ).sum(1)
-    dpy = (ev.jet_pt * (s_pair - 1) * np.sin(ev.jet_phi)).sum(1) + (
-        ev.add_pt * (s_add - 1) * np.sin(ev.add_phi)
-    ).sum(1)
-    mx = ev.met_pt * np.cos(ev.met_phi) - dpx
-    my = ev.met_pt * np.sin(ev.met_phi) - dpy
+def _rowsum(a: np.ndarray) -> np.ndarray:
+    """``a.sum(axis=1)`` of an (N, K) array for small K: the same sequential sum over the
+    columns from +0.0 (so an all -0.0 row sums to +0.0, as numpy's), without numpy's slow
+    reduction along a short axis."""
+    out = a[:, 0] + 0.0
+    for k in range(1, a.shape[1]):
+        out += a[:, k]
+    return out
+
+
+def _directions(ev: JetEvent) -> dict[str, Any]:
+    """cos / sin of the jet and MET azimuths, shared by the up and down JES variations; for the
+    additional jets only in the slots that contribute to MET (pT != 0 or a non-finite azimuth):
+    ``add`` holds (rows, cos, sin) per slot."""
+    add = []
+    for k in range(ev.add_pt.shape[1]):
+        phi = ev.add_phi[:, k]
+        rows = np.flatnonzero((ev.add_pt[:, k] != 0) | ~np.isfinite(phi))
+        add.append((rows, np.cos(phi[rows]), np.sin(phi[rows])))
+    return {
+        "cos_jet": np.cos(ev.jet_phi),
+        "sin_jet": np.sin(ev.jet_phi),
+        "cos_met": np.cos(ev.met_phi),
+        "sin_met": np.sin(ev.met_phi),
+        "add": add,
+    }
+
+
+def scale_jes(
+    ev: JetEvent,
+    sign: float,
+    unc: Mapping[str, float],
+    *,
+    directions: Mapping[str, Any] | None = None,
+) -> JetEvent:
+    """Scale every jet by ``1 + sign * jes_uncertainty(pT)`` and propagate to MET.
+
+    ``directions``: :func:`_directions` of ``ev`` (computed here when not given).  The MET shift
+    sums the jets slot by slot from +0.0 (``dpx = sum over the pair + sum over the additional
+    jets``, as numpy's ``sum(axis=1)``); the empty slots (pT = 0) only add signed zeros, which
+    change no such sum (it is never -0.0), so they are skipped.
+    """
+    trig = _directions(ev) if directions is None else directions
+    const, over = unc["constant"], unc["over_pt"]
+    s_pair = 1.0 + sign * jes_uncertainty(ev.jet_pt, const, over)
+    d_pair = ev.jet_pt * (s_pair - 1)
+    pair_x, pair_y = d_pair * trig["cos_jet"], d_pair * trig["sin_jet"]
+    # every pT = 0 slot has the scale of pT = 0
+    s_empty = 1.0 + sign * jes_uncertainty(np.zeros(1), const, over)
+    s_add = np.full(ev.add_pt.shape[::-1], s_empty[0]).T  # column-major: slots contiguous
+    n = len(ev.met_pt)
+    add_x, add_y = np.zeros(n), np.zeros(n)
+    for k, (rows, cos, sin) in enumerate(trig["add"]):
+        pt = ev.add_pt[:, k][rows]
+        s_k = 1.0 + sign * jes_uncertainty(pt, const, over)
+        s_add[:, k][rows] = s_k
+        d = pt * (s_k - 1)
+        add_x[rows] += d * cos
+        add_y[rows] += d * sin
+    dpx = _rowsum(pair_x) + add_x
+    dpy = _rowsum(pair_y) + add_y
+    mx = ev.met_pt * trig["cos_met"] - dpx
+    my = ev.met_pt * trig["sin_met"] - dpy
     return JetEvent(
         jet_pt=ev.jet_pt * s_pair,
         jet_eta=ev.jet_eta,
@@ -321,23 +532,36 @@ def assign_regions(
 
     Raises :class:`~vhbb.core.errors.ConfigError`-like :class:`DataError` if two regions overlap.
     """
+    presel, codes = _region_codes(ns, preselection, definitions)
+    names = np.array([NO_REGION, *definitions], dtype=object)
+    return presel, names[codes]
+
+
+def _region_codes(
+    ns: Mapping[str, np.ndarray], preselection: str, definitions: Mapping[str, str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`assign_regions` with the region as a code: 0 outside every region, ``i + 1`` in
+    the ``i``-th region of ``definitions`` (the codes of :func:`_region_dtype`)."""
+    names = list(definitions)
     presel = expressions.evaluate(preselection, ns).astype(bool)
     n = presel.size
-    region = np.full(n, NO_REGION, dtype=object)
+    codes = np.zeros(n, dtype=np.int8 if len(names) < 127 else np.int32)
     taken = np.zeros(n, dtype=bool)
-    for name, expr in definitions.items():
+    for i, (name, expr) in enumerate(definitions.items()):
         mask = presel & expressions.evaluate(expr, ns).astype(bool)
         overlap = mask & taken
         if overlap.any():
-            others = sorted({str(r) for r in region[overlap]})
+            others = sorted(
+                {NO_REGION if c == 0 else names[c - 1] for c in np.unique(codes[overlap])}
+            )
             raise DataError(
                 f"regions overlap: {int(overlap.sum())} events pass both '{name}' and "
                 f"{', '.join(repr(o) for o in others)}; regions must be mutually exclusive "
                 "(fix their selections under regions.definitions)"
             )
-        region[mask] = name
+        codes[mask] = i + 1
         taken |= mask
-    return presel, region
+    return presel, codes
 
 
 # ---------------------------------------------------------------------------- reading
@@ -423,7 +647,8 @@ def cache_file(
         weight_branch = str(layout.get("weight", "genWeight"))
     _check_branches(ttree, path, needed)
     extra = _correction_branches(ttree, path, layout, is_mc)
-    needed = list(dict.fromkeys([*needed, *extra]))
+    ratios = _flat_ratio_branches(ttree, path, layout, is_mc) if kind == "flat" else []
+    needed = list(dict.fromkeys([*needed, *extra, *ratios]))
     norm = dict(layout.get("normalisation") or {}) if kind == "custom" else {}
     stats = {
         "input": path,
@@ -435,7 +660,7 @@ def cache_file(
     }
     frames: list[pd.DataFrame] = []
     library = "np" if kind == "flat" else "ak"
-    columns = _extra_column_names(layout, is_mc)
+    columns = _extra_column_names(layout, is_mc) + ratios
     try:
         chunks = ttree.iterate(needed, step_size=chunk_size, library=library)
         for arrays in tqdm(
@@ -453,6 +678,7 @@ def cache_file(
                 nan_policy,
                 path,
                 extra_branches=extra,
+                ratio_branches=ratios,
             )
             frames.append(frame)
     except VhbbError:
@@ -507,6 +733,26 @@ def _correction_branches(ttree, path: str, layout: Mapping[str, Any], is_mc: boo
     return names
 
 
+def _flat_ratio_branches(ttree, path: str, layout: Mapping[str, Any], is_mc: bool) -> list[str]:  # type: ignore[no-untyped-def]
+    """The weight-variation branches of a flat MC tree (:func:`flat_weight_variations`); a name
+    that a correction also writes is a :class:`~vhbb.core.errors.ConfigError`."""
+    from vhbb.data import corrections
+
+    if not is_mc:
+        return []
+    try:
+        names = flat_weight_variations(list(ttree.keys()))
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    clash = sorted(set(names) & set(corrections.variation_columns(layout.get("corrections") or [])))
+    if clash:
+        raise ConfigError(
+            f"config error at 'samples.layouts.<name>.corrections': the correction column(s) "
+            f"{', '.join(clash)} are also branches of {path}; rename the correction (its 'name')"
+        )
+    return names
+
+
 def _extra_column_names(layout: Mapping[str, Any], is_mc: bool) -> list[str]:
     from vhbb.data import corrections
 
@@ -529,6 +775,7 @@ def _process_chunk(
     path,
     *,
     extra_branches=(),
+    ratio_branches=(),
 ):  # type: ignore[no-untyped-def]
     from vhbb.data import corrections, layouts
 
@@ -538,10 +785,11 @@ def _process_chunk(
     if kind == "flat":
         n = len(arrays["event"])
         gen_weight = np.asarray(arrays[weight_branch], dtype=np.float64) if is_mc else np.ones(n)
-        variations = {None: flat_events(arrays, layout, None)}
+        base = flat_events(arrays, layout, None)
+        variations = {None: base}
         if is_mc:
             for var in VARIATIONS:
-                variations[var] = flat_events(arrays, layout, var)
+                variations[var] = flat_events(arrays, layout, var, base=base)
         has_pair = np.ones(n, dtype=bool)
         keys = {k: np.asarray(arrays[k]) for k in KEY_COLUMNS}
         event_ns = {k: np.asarray(arrays[k], dtype=np.float64) for k in extra_branches}
@@ -557,8 +805,9 @@ def _process_chunk(
         base = jet_event(red)
         variations = {None: base}
         if is_mc:
+            trig = _directions(base)
             for var, sign in (("jesUp", 1.0), ("jesDown", -1.0)):
-                variations[var] = scale_jes(base, sign, layout["jes_uncertainty"])
+                variations[var] = scale_jes(base, sign, layout["jes_uncertainty"], directions=trig)
         has_pair = red.has_pair
         keys = dict(red.keys)
         event_ns = red.namespace
@@ -579,7 +828,9 @@ def _process_chunk(
     stats["n_pair"] += int(has_pair.sum())
     columns: dict[str, np.ndarray] = dict(keys)  # already restricted to the events with a pair
     columns["gen_weight"] = gen_weight[has_pair]
-    columns.update(derive(variations[None], layout["add_jet_pt_min"], layout["add_jet_eta_max"]))
+    add_pt_min = layout["add_jet_pt_min"]
+    geo = _Geometry.of(variations[None], layout["add_jet_eta_max"])  # shared by the variations
+    columns.update(_derive(variations[None], add_pt_min, geo, nominal=True))
     specs = list(layout.get("corrections") or []) if is_mc else []
     if specs:
         ns = {**event_ns, **{k: columns[k] for k in DERIVED_COLUMNS}, **extras}
@@ -587,15 +838,18 @@ def _process_chunk(
         columns["gen_weight"] = columns["gen_weight"] * factor
         columns.update(ratios)
     columns.update(extras)
+    for name in ratio_branches:  # flat layout: weight variations read as cached (ratios)
+        columns[name] = np.asarray(arrays[name], dtype=np.float64)[has_pair]
     for var in VARIATIONS:
         if var in variations:
-            derived = derive(variations[var], layout["add_jet_pt_min"], layout["add_jet_eta_max"])
+            derived = _derive(variations[var], add_pt_min, geo, nominal=False)
             for name in VARIED_COLUMNS:
                 columns[f"{name}_{var}"] = derived[name]
     # non-finite values
     bad = np.zeros(len(columns["gen_weight"]), dtype=bool)
     for name, values in columns.items():
-        if values.dtype.kind == "f":
+        # a finite sum means every value is finite (one fast pass); else look closer
+        if values.dtype.kind == "f" and not np.isfinite(np.sum(values)):
             col_bad = ~np.isfinite(values)
             if col_bad.any():
                 if nan_policy == "error":
@@ -611,19 +865,27 @@ def _process_chunk(
         stats["n_nan_dropped"] += int(bad.sum())
         columns = {k: v[~bad] for k, v in columns.items()}
     keep = np.zeros(len(columns["gen_weight"]), dtype=bool)
-    region_cols = {}
+    region_codes = {}
     for var in [None, *[v for v in VARIATIONS if v in variations]]:
         ns = variation_namespace(columns, var)
-        presel, region = assign_regions(ns, preselection, regions)
+        presel, codes = _region_codes(ns, preselection, regions)
         keep |= presel
-        region_cols["region" if var is None else f"region_{var}"] = region
-    columns.update(region_cols)
-    columns = {k: v[keep] for k, v in columns.items()}
+        region_codes["region" if var is None else f"region_{var}"] = codes
+    rows = np.flatnonzero(keep)
+    columns = {k: np.asarray(v).take(rows) for k, v in columns.items()}
+    cats = _region_dtype(list(regions))
+    for name, codes in region_codes.items():
+        columns[name] = pd.Categorical.from_codes(codes.take(rows), dtype=cats)  # type: ignore[assignment]
     return _frame(columns, is_mc, list(regions))
 
 
-def _frame(columns: dict[str, np.ndarray], is_mc: bool, region_names: list[str]) -> pd.DataFrame:
-    cats = pd.CategoricalDtype([NO_REGION, *region_names])
+def _region_dtype(region_names: list[str]) -> pd.CategoricalDtype:
+    return pd.CategoricalDtype([NO_REGION, *region_names])
+
+
+def _frame(columns: dict[str, Any], is_mc: bool, region_names: list[str]) -> pd.DataFrame:
+    """The cached frame (region columns: names, or ready :class:`pandas.Categorical`)."""
+    cats = _region_dtype(region_names)
     data: dict[str, Any] = {}
     for k in KEY_COLUMNS:
         data[k] = np.asarray(columns[k]).astype(
@@ -634,7 +896,7 @@ def _frame(columns: dict[str, np.ndarray], is_mc: bool, region_names: list[str])
         if k in data:
             continue
         if k.startswith("region"):
-            data[k] = pd.Categorical(v, dtype=cats)
+            data[k] = v if isinstance(v, pd.Categorical) else pd.Categorical(v, dtype=cats)
         else:
             data[k] = np.asarray(v, dtype=np.float32)
     return pd.DataFrame(data)
@@ -745,6 +1007,18 @@ def remove_overlap(
     return frame[~drop].reset_index(drop=True), removed
 
 
+def _check_weight_variations(parts: list[pd.DataFrame], names: list[str], sample: str) -> None:
+    """Every file of a sample holds the same weight-variation columns (else DataError)."""
+    sets = [{c for c in p.columns if WEIGHT_VARIATION.match(str(c))} for p in parts]
+    if any(s != sets[0] for s in sets[1:]):
+        odd = [n for n, s in zip(names, sets, strict=True) if s != sets[0]]
+        raise DataError(
+            f"sample '{sample}': its files differ in the weight-variation columns "
+            f"(weight_<name>Up/Down): {names[0]} has {sorted(sets[0]) or 'none'}, but "
+            f"{', '.join(odd)} differ; regenerate the files or make them consistent"
+        )
+
+
 def merge_sample(
     parts: list[pd.DataFrame],
     part_stats: list[dict[str, Any]],
@@ -772,6 +1046,7 @@ def merge_sample(
             f"samples.list.{sample}.files (or use source: toy)"
         )
     names = _part_names(part_stats)
+    _check_weight_variations(parts, names, sample)
     n_read = int(sum(int(s.get("n_read") or 0) for s in part_stats))
     if n_read == 0:
         raise InputError(

@@ -8,12 +8,40 @@ histograms (:mod:`vhbb.fit.hists`), the binning scan and the evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from vhbb.core.errors import DataError, InputError
 
 KEYS = ("run", "luminosityBlock", "event")
 JES_VARIATIONS = ("jesUp", "jesDown")
+WEIGHT_SIDES = ("Up", "Down")
+
+
+def weight_variation_columns(name: str) -> list[str]:
+    """The cache columns of the weight systematic ``name``: ``weight_<name>Up/Down``."""
+    return [f"weight_{name}{side}" for side in WEIGHT_SIDES]
+
+
+def weight_variations(cache_path: str) -> list[str]:
+    """Names of the weight systematics of a cache: every ``<name>`` with both
+    ``weight_<name>Up`` and ``weight_<name>Down`` columns (sorted).  Reads the schema only."""
+    import re
+
+    pattern = re.compile(r"^weight_([A-Za-z][A-Za-z0-9_]*?)(Up|Down)$")
+    sides: dict[str, set[str]] = {}
+    for col in _schema_names(cache_path):
+        m = pattern.match(col)
+        if m:
+            sides.setdefault(m.group(1), set()).add(m.group(2))
+    return sorted(n for n, s in sides.items() if len(s) == 2)
+
+
+def _schema_names(cache_path: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(cache_path).names)
 
 
 def _unblinded_rows(score_path: str, region: np.ndarray, is_mc: bool) -> np.ndarray:
@@ -31,13 +59,19 @@ def _unblinded_rows(score_path: str, region: np.ndarray, is_mc: bool) -> np.ndar
 
 
 def read_events(
-    cache_path: str, score_path: str, sample: str, is_mc: bool
+    cache_path: str,
+    score_path: str,
+    sample: str,
+    is_mc: bool,
+    weights: Sequence[str] = (),
 ) -> dict[str, np.ndarray]:
     """Cached columns joined row by row with the out-of-fold scores (keys checked).
 
     Columns: the keys, ``weight``, ``region`` (str), ``m_jj``, ``score`` and, for MC, the JES
-    variations ``region_<v>``, ``m_jj_<v>``, ``score_<v>``.  Scores must be finite.  Data
-    events of a region blinded by the scoring stage (no score) are left out.
+    variations ``region_<v>``, ``m_jj_<v>``, ``score_<v>`` and the ratio columns
+    ``weight_<name>Up/Down`` of the weight systematics ``weights`` (a missing one raises
+    :class:`~vhbb.core.errors.InputError`).  Scores must be finite.  Data events of a region
+    blinded by the scoring stage (no score) are left out.
     """
     import pandas as pd
 
@@ -46,6 +80,15 @@ def read_events(
     if is_mc:
         cols += [f"region_{v}" for v in JES_VARIATIONS] + [f"m_jj_{v}" for v in JES_VARIATIONS]
         score_cols += [f"score_{v}" for v in JES_VARIATIONS]
+        ratio_cols = [c for name in weights for c in weight_variation_columns(name)]
+        if ratio_cols:
+            missing = sorted(set(ratio_cols) - set(_schema_names(cache_path)))
+            if missing:
+                raise InputError(
+                    f"{cache_path}: no column {', '.join(missing)} for the weight systematics "
+                    f"(fit.systematics.weights) of sample '{sample}'"
+                )
+            cols += ratio_cols
     cache = pd.read_parquet(cache_path, columns=cols)
     try:
         scores = pd.read_parquet(score_path, columns=score_cols)

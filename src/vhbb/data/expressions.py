@@ -279,15 +279,22 @@ def _suggest(tree: ast.AST, expression: str) -> str:
 
 def names(expression: str) -> set[str]:
     """Column names an expression reads."""
+    return set(_names(expression))
+
+
+@functools.lru_cache(maxsize=256)
+def _names(expression: str) -> frozenset[str]:
+    """:func:`names`, computed once per expression (like :func:`parse`; evaluating a selection
+    per chunk and per JES variation then walks no syntax tree)."""
     tree = parse(expression)
     called = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - called
+    return frozenset({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - called)
 
 
 def evaluate(expression: str, columns: Mapping[str, np.ndarray]) -> np.ndarray:
     """Evaluate ``expression`` over ``columns`` (arrays of equal length)."""
     tree = parse(expression)
-    missing = sorted(names(expression) - set(columns))
+    missing = sorted(_names(expression) - set(columns))
     if missing:
         hints = []
         for name in missing:

@@ -31,7 +31,7 @@ the preset :func:`nanoaod_preset` of this one (the same output as before).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,12 +44,19 @@ KEY_COLUMNS = ("run", "luminosityBlock", "event")
 JET_FIELDS = ("pt", "eta", "phi", "mass", "btag")
 PAIR_CHOICES = ("btag", "pt", "index")
 JET_SETS = ("pair", "selected", "all")
+N_ADD_SLOTS = 6  # additional-jet slots of the standard structure (vhbb.data.cache)
 
 
 @dataclass
 class Reduced:
     """One chunk reduced to the standard pieces (every array over the events with a pair,
-    except ``gen_weight`` and ``has_pair``, which cover the whole chunk)."""
+    except ``gen_weight`` and ``has_pair``, which cover the whole chunk).
+
+    The jets are given as awkward records (``pair``, ``add``, ``all_jets``) or, by the fast
+    reduction, as numpy arrays (``padded``: (N, 2) pair and (N, :data:`N_ADD_SLOTS`) additional
+    jets, 0 in empty slots) with the awkward records built on first use (``lazy_jets``; the
+    corrections need them).
+    """
 
     pair: Any  # awkward (N, 2) records pt, eta, phi, mass, btag (+ fields)
     add: Any  # awkward jagged records, the additional jets (not clipped)
@@ -61,10 +68,18 @@ class Reduced:
     gen_weight: np.ndarray
     keys: dict[str, np.ndarray]
     namespace: dict[str, np.ndarray] = field(default_factory=dict)  # event-level branches
+    padded: dict[str, np.ndarray] | None = None  # pair_<q> (N, 2), add_<q> (N, K), float64
+    lazy_jets: Callable[[], tuple[Any, Any, Any]] | None = None  # -> (pair, add, all_jets)
+
+    def _awkward(self) -> None:
+        if self.pair is None and self.lazy_jets is not None:
+            self.pair, self.add, self.all_jets = self.lazy_jets()
+            self.lazy_jets = None
 
     def jet_set(self, name: str) -> Any:
         import awkward as ak
 
+        self._awkward()
         if name == "pair":
             return self.pair
         if name == "selected":
@@ -272,35 +287,27 @@ def reduce_custom(
     extra: Sequence[str] = (),
 ) -> Reduced:
     """Reduce one chunk of a custom layout (``first``: the entry number of its first event;
-    ``extra``: more event-level branches to keep in the namespace, e.g. correction inputs)."""
+    ``extra``: more event-level branches to keep in the namespace, e.g. correction inputs).
+
+    Jets given as (pt, eta, phi, mass) in plain jagged branches with a pair chosen by b-tag or
+    pT take a numpy path (:func:`_fast_jets`; the same values as the awkward one, which the
+    other layouts take and which builds the awkward jet records when a correction needs them).
+    """
     import awkward as ak
 
-    jets = build_jets(arrays, layout["jets"])
-    n = len(jets)
-    good = (jets.pt > layout.get("jet_pt_min", 30.0)) & (
-        np.abs(jets.eta) < layout.get("jet_eta_max", 2.5)
-    )
-    if "jet_id" in jets.fields and layout.get("jet_id_min", 0) > 0:
-        good = good & (jets.jet_id >= layout["jet_id_min"])
     choice = (layout.get("pair") or {}).get("choice", "btag")
-    if choice not in PAIR_CHOICES:
-        raise ConfigError(
-            f"config error at 'samples.layouts.<name>.pair.choice': unknown '{choice}'; use "
-            f"one of {', '.join(PAIR_CHOICES)}"
-        )
-    if choice == "index":
-        idx, has_pair = _pair_indices(arrays, layout, ak.to_numpy(ak.num(jets)), path, first)
-        sel_jets, idx = jets[has_pair], idx[has_pair]
-        local = ak.local_index(sel_jets)
-        pair = sel_jets[ak.from_regular(ak.Array(idx), axis=1)]
-        add = sel_jets[good[has_pair] & (local != idx[:, 0]) & (local != idx[:, 1])]
+    fast = _fast_jets(arrays, layout, choice) if choice in ("btag", "pt") else None
+    padded: dict[str, np.ndarray] | None = None
+    lazy = None
+    if fast is None:
+        pair, add, all_jets, has_pair, n = _awkward_jets(arrays, layout, path, first)
     else:
-        selected = jets[good]
-        has_pair = ak.to_numpy(ak.num(selected) >= 2)
-        selected = selected[has_pair]
-        key = selected.btag if choice == "btag" else selected.pt
-        selected = selected[ak.argsort(key, ascending=False, stable=True)]
-        pair, add = selected[:, :2], selected[:, 2:]
+        padded, has_pair, n = fast
+        pair = add = all_jets = None
+
+        def lazy():  # type: ignore[no-untyped-def]
+            return _awkward_jets(arrays, layout, path, first)[:3]
+
     met = met_branches(layout["met"])
     if "pt" in met:
         met_pt, met_phi = _np(arrays[met["pt"]]), _np(arrays[met["phi"]])
@@ -330,7 +337,7 @@ def reduce_custom(
     return Reduced(
         pair=pair,
         add=add,
-        all_jets=jets[has_pair],
+        all_jets=all_jets,
         met_pt=met_pt[has_pair],
         met_phi=met_phi[has_pair],
         soft_activity=np.asarray(soft)[has_pair],
@@ -338,7 +345,149 @@ def reduce_custom(
         gen_weight=gen_weight,
         keys=keys,
         namespace={k: v[has_pair] for k, v in ns.items()},
+        padded=padded,
+        lazy_jets=lazy,
     )
+
+
+def _awkward_jets(
+    arrays: Mapping[str, Any], layout: Mapping[str, Any], path: str, first: int
+) -> tuple[Any, Any, Any, np.ndarray, int]:
+    """(pair, additional jets, all jets of the events with a pair, has_pair, number of events)
+    as awkward records (every layout and pair choice)."""
+    import awkward as ak
+
+    jets = build_jets(arrays, layout["jets"])
+    n = len(jets)
+    good = (jets.pt > layout.get("jet_pt_min", 30.0)) & (
+        np.abs(jets.eta) < layout.get("jet_eta_max", 2.5)
+    )
+    if "jet_id" in jets.fields and layout.get("jet_id_min", 0) > 0:
+        good = good & (jets.jet_id >= layout["jet_id_min"])
+    choice = (layout.get("pair") or {}).get("choice", "btag")
+    if choice not in PAIR_CHOICES:
+        raise ConfigError(
+            f"config error at 'samples.layouts.<name>.pair.choice': unknown '{choice}'; use "
+            f"one of {', '.join(PAIR_CHOICES)}"
+        )
+    if choice == "index":
+        idx, has_pair = _pair_indices(arrays, layout, ak.to_numpy(ak.num(jets)), path, first)
+        sel_jets, idx = jets[has_pair], idx[has_pair]
+        local = ak.local_index(sel_jets)
+        pair = sel_jets[ak.from_regular(ak.Array(idx), axis=1)]
+        add = sel_jets[good[has_pair] & (local != idx[:, 0]) & (local != idx[:, 1])]
+    else:
+        selected = jets[good]
+        has_pair = ak.to_numpy(ak.num(selected) >= 2)
+        selected = selected[has_pair]
+        key = selected.btag if choice == "btag" else selected.pt
+        selected = selected[ak.argsort(key, ascending=False, stable=True)]
+        pair, add = selected[:, :2], selected[:, 2:]
+    return pair, add, jets[has_pair], has_pair, n
+
+
+def _plain_jagged(x) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
+    """(offsets from 0, values) of a plain jagged (or fixed-size) array of numbers; None for
+    anything else (the awkward path then handles it, errors included)."""
+    import awkward as ak
+
+    try:
+        lay = ak.to_layout(x)
+    except Exception:
+        return None
+    content = getattr(lay, "content", None)
+    if not isinstance(content, ak.contents.NumpyArray) or content.parameters:
+        return None
+    data = content.data
+    if not isinstance(data, np.ndarray) or data.ndim != 1:
+        return None
+    if isinstance(lay, ak.contents.ListOffsetArray) and not lay.parameters:
+        off = np.asarray(lay.offsets.data, dtype=np.int64)
+        return off - off[0], data[off[0] : off[-1]]
+    if isinstance(lay, ak.contents.RegularArray) and not lay.parameters:
+        off = np.arange(lay.length + 1, dtype=np.int64) * lay.size
+        return off, data[: off[-1]]
+    return None
+
+
+def _fast_jets(
+    arrays: Mapping[str, Any], layout: Mapping[str, Any], choice: str
+) -> tuple[dict[str, np.ndarray], np.ndarray, int] | None:
+    """The pair and additional jets as padded numpy arrays, by numpy on the flat jet values.
+
+    The same selection and order as :func:`_awkward_jets` (a stable sort by decreasing b-tag or
+    pT inside each event); None (use the awkward path) for jets given as px/py/pz/E, branches
+    that are not plain jagged arrays of numbers or disagree on the jet counts, and a NaN sort
+    key (awkward orders NaN its own way).
+    """
+    branches = jet_branches(layout["jets"])
+    if not all(q in branches for q in ("pt", "eta", "phi", "mass")):
+        return None
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, branch in branches.items():
+        got = _plain_jagged(arrays[branch])
+        if got is None:
+            return None
+        parts[name] = got
+    off = parts["pt"][0]
+    if any(not np.array_equal(o, off) for o, _ in parts.values()):
+        return None
+    f8 = np.float64
+    pt, eta = parts["pt"][1].astype(f8), parts["eta"][1].astype(f8)
+    good = (pt > layout.get("jet_pt_min", 30.0)) & (np.abs(eta) < layout.get("jet_eta_max", 2.5))
+    if "jet_id" in parts and layout.get("jet_id_min", 0) > 0:
+        good &= parts["jet_id"][1] >= layout["jet_id_min"]
+    n = len(off) - 1
+    cum = np.zeros(len(good) + 1, dtype=np.int64)
+    np.cumsum(good, out=cum[1:])
+    n_good = cum[off[1:]] - cum[off[:-1]]
+    has_pair = n_good >= 2
+    chosen = np.flatnonzero(good & np.repeat(has_pair, np.diff(off)))  # event by event
+    # the sort key (float64 conversion keeps the order, so the stored values are compared)
+    if choice == "pt":
+        key = pt[chosen]
+    elif "btag" in parts:
+        key = parts["btag"][1][chosen]
+    else:
+        key = pt[chosen] * 0.0  # the awkward path's b-tag of jets without one
+    if np.isnan(key).any():
+        return None
+    ng = n_good[has_pair]
+    start = np.zeros(len(ng), dtype=np.int64)
+    np.cumsum(ng[:-1], out=start[1:])
+    width = 2 + N_ADD_SLOTS
+    slot = np.full((width, len(ng)), -1, dtype=np.int64)  # slot -> position in chosen
+    for m in np.unique(ng):
+        rows = np.flatnonzero(ng == m)
+        first = start[rows]
+        if m == 2:  # stable descending: the second jet first only if its key is larger
+            swap = key[first + 1] > key[first]
+            slot[0, rows] = first + swap
+            slot[1, rows] = first + 1 - swap
+        else:
+            order = np.argsort(-key[first[:, None] + np.arange(m)], axis=1, kind="stable")
+            for j in range(min(int(m), width)):
+                slot[j, rows] = first + order[:, j]
+    pair = chosen[slot[:2]]  # (2, N) jet indices
+    add_rows = [np.flatnonzero(a >= 0) for a in slot[2:]]
+    add_jets = [chosen[a[rows]] for a, rows in zip(slot[2:], add_rows, strict=True)]
+
+    def raw(q: str) -> np.ndarray:
+        if q in ("pt", "eta"):
+            return pt if q == "pt" else eta
+        if q == "btag" and "btag" not in parts:
+            return pt * 0.0
+        return parts[q][1]
+
+    # (N, K) arrays in column-major order (each slot contiguous), float64
+    padded = {f"pair_{q}": raw(q)[pair].astype(f8).T for q in JET_FIELDS}
+    for q in ("pt", "eta", "phi"):
+        values = raw(q)
+        out = np.zeros((N_ADD_SLOTS, len(ng)))
+        for k, (rows, jets) in enumerate(zip(add_rows, add_jets, strict=True)):
+            out[k, rows] = values[jets]
+        padded[f"add_{q}"] = out.T
+    return padded, has_pair, n
 
 
 def _event_names(

@@ -21,7 +21,13 @@ about are physical, not put in by hand:
 Units: GeV.  Branch layout (``Events`` tree): ``run``, ``luminosityBlock``, ``event``,
 ``genWeight``; ``Jet{1,2}_{pt,eta,phi,mass,btag}``; ``AddJet{1..4}_{pt,eta,phi}``;
 ``MET_pt``, ``MET_phi``; ``SoftActivityJetNjets5``; JES variations ``<branch>_jes{Up,Down}`` for
-every jet pT/mass and MET.
+every jet pT/mass and MET.  MC files also carry the generator-modelling weight variations
+``weight_<name>{Up,Down}`` of :data:`PTV_VARIATIONS` (ratios to the nominal weight, float32): a
+pT(V)-dependent reweighting of Z+jets (``ptv_zjets``: Zlf, Zhf) and ttbar (``ptv_tt``: TT),
+``1 +- 0.1 * clip((MET_pt - 200) / 300, 0, 1)`` (pT(V) = MET pT in Z->nunu), 1 for every other
+process; the flat layout caches them as columns of the same name
+(:func:`vhbb.data.cache.flat_weight_variations`).  They use no random number: every other
+branch is the same as without them.
 """
 
 from __future__ import annotations
@@ -115,6 +121,11 @@ PROCESS_MODELS: dict[str, ProcessModel] = {
         met_balance=0.85,
     ),
 }
+
+# generator-modelling weight variations: name -> the processes it varies (ratio 1 elsewhere)
+PTV_VARIATIONS: dict[str, tuple[str, ...]] = {"ptv_zjets": ("Zlf", "Zhf"), "ptv_tt": ("TT",)}
+PTV_SIZE = 0.1  # relative size of the pT(V) reweighting at high pT(V)
+PTV_RANGE = (200.0, 500.0)  # GeV: the reweighting rises linearly from 0 to PTV_SIZE over it
 
 MET_GEN_MIN = 140.0  # generation threshold on the boson pT (GeV), below the MET preselection
 JET_MASS_FRACTION = (0.06, 0.14)  # jet mass / jet energy in the rest frame of the pair
@@ -308,13 +319,33 @@ def generate_events(
     return out
 
 
+def ptv_ratio(met_pt: np.ndarray, sign: float) -> np.ndarray:
+    """The pT(V) reweighting ratio ``1 + sign * PTV_SIZE * clip((met_pt - lo) / (hi - lo), 0, 1)``
+    (``sign`` +1: up, -1: down), float64."""
+    lo, hi = PTV_RANGE
+    ramp = np.clip((np.asarray(met_pt, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+    return 1.0 + sign * PTV_SIZE * ramp
+
+
+def weight_variation_branches(process: str, met_pt: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``weight_<name>Up/Down`` ratio branches (float32) of :data:`PTV_VARIATIONS` for the
+    events of ``process``: the pT(V) ratio where the variation acts on it, 1 elsewhere."""
+    out: dict[str, np.ndarray] = {}
+    for name, procs in PTV_VARIATIONS.items():
+        for suffix, sign in (("Up", 1.0), ("Down", -1.0)):
+            ratio = ptv_ratio(met_pt, sign) if process in procs else np.ones(len(met_pt))
+            out[f"weight_{name}{suffix}"] = ratio.astype(np.float32)
+    return out
+
+
 def generate_mc_file(
     process: str, n: int, seed: np.random.SeedSequence, file_index: int, jes=(0.015, 1.5)
 ) -> dict[str, np.ndarray]:
     """One MC file: ``n`` events with signed generator weights and (run, lumi, event) keys.
 
     Event numbers restart in every file (as in real production); the luminosity block encodes
-    the file, so the key (sample, run, lumi, event) is unique.
+    the file, so the key (sample, run, lumi, event) is unique.  The weight-variation branches
+    (:func:`weight_variation_branches`) are added last and draw no random number.
     """
     rng = np.random.default_rng(seed)
     ev = generate_events(process, n, rng, jes=jes)
@@ -322,6 +353,7 @@ def generate_mc_file(
     sign = np.where(rng.random(n) < p_neg, -1.0, 1.0)
     ev["genWeight"] = (sign * 1000.0).astype(np.float32)  # NLO-like +-|w| with constant |w|
     ev.update(_keys(n, run=1, file_index=file_index))
+    ev.update(weight_variation_branches(process, ev["MET_pt"]))
     return ev
 
 

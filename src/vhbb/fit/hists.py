@@ -4,7 +4,10 @@ Reads the cached events joined with a model's scores (:func:`vhbb.data.events.re
 fills the m_jj x score histograms of the signal region and the control regions, merges the
 signal-region bins and writes ``hists.h5``/``hists.root`` (:func:`vhbb.fit.templates.write_hists`)
 and ``binning.json`` (the edges, the merging summary and the yields).  The histogram content,
-edges and merging are documented in :mod:`vhbb.fit.templates`.
+edges and merging are documented in :mod:`vhbb.fit.templates`.  The weight systematics
+histogrammed (``fit.systematics.weights``: ``auto`` or a list,
+:func:`resolve_weight_systematics`) are listed in the metadata (``weight_systematics``); the fit
+turns each into a shape nuisance.
 
 The figures (templates, stacked data/MC per region) are drawn by the rule ``hists_plots``
 (:func:`vhbb.fit.figures.run_hists_plots`) from ``hists.h5`` and ``plot_data.h5``: while blinding is
@@ -24,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from vhbb.core.errors import InputError
+from vhbb.core.errors import ConfigError, InputError
 from vhbb.core.io import atomic_path, write_json
 from vhbb.core.provenance import provenance
-from vhbb.data.events import read_events
+from vhbb.data.events import read_events, weight_variations
 from vhbb.fit import templates as bn
 from vhbb.fit.templates import RegionHists
 
@@ -36,11 +39,76 @@ log = logging.getLogger(__name__)
 PLOT_COLUMNS = ("m_jj", "score")
 
 
+RESERVED_NAMES = ("mu", "jes")
+RESERVED_PREFIXES = ("sf_", "gamma_", "staterror_")
+
+
+def resolve_weight_systematics(
+    setting: str | Sequence[str], available: Mapping[str, Sequence[str]]
+) -> list[str]:
+    """The weight systematics to histogram from ``fit.systematics.weights``.
+
+    ``available[sample]`` are the weight systematics of each MC cache (names with both
+    ``weight_<name>Up`` and ``Down`` columns).  ``"auto"``: the names present in **every** MC
+    cache, sorted (a name in only some caches is left out with a warning); a list: those names,
+    in order, each required in every MC cache (else :class:`~vhbb.core.errors.InputError`).
+    Names that would clash with other fit parameters raise
+    :class:`~vhbb.core.errors.ConfigError`.
+    """
+    sets = {sample: set(names) for sample, names in available.items()}
+    common = set.intersection(*sets.values()) if sets else set()
+    if setting == "auto":
+        partial = sorted(set().union(*sets.values()) - common) if sets else []
+        if partial:
+            log.warning(
+                "weight systematics %s are not in every MC cache: left out of the fit",
+                ", ".join(partial),
+            )
+        names = sorted(common)
+    elif isinstance(setting, str):
+        raise ConfigError(
+            f"config error at 'fit.systematics.weights': 'auto' or a list of names, got {setting!r}"
+        )
+    else:
+        names = list(setting)
+        for name in names:
+            lacking = sorted(s for s, have in sets.items() if name not in have)
+            if lacking:
+                raise InputError(
+                    f"weight systematic '{name}' (fit.systematics.weights): no columns "
+                    f"weight_{name}Up/Down in the cache of {', '.join(lacking)}"
+                )
+    bad = [n for n in names if n in RESERVED_NAMES or n.startswith(RESERVED_PREFIXES)]
+    if bad:
+        raise ConfigError(
+            f"config error at 'fit.systematics.weights': the weight systematic(s) "
+            f"{', '.join(bad)} clash with fit parameter names (mu, jes, sf_*, gamma_*, "
+            "staterror_*); rename the weight_<name>Up/Down columns or list other names"
+        )
+    return names
+
+
+def available_weight_systematics(
+    cache_files: Mapping[str, str], spec: Mapping[str, Any]
+) -> dict[str, list[str]]:
+    """The weight systematics of each MC sample's cache (from the parquet schema)."""
+    samples, processes = spec["samples"], spec["processes"]
+    return {
+        sample: weight_variations(path)
+        for sample, path in cache_files.items()
+        if processes[samples[sample]["process"]]["role"] != "data"
+    }
+
+
 def read_samples(
-    cache_files: Mapping[str, str], score_files: Mapping[str, str], spec: Mapping[str, Any]
+    cache_files: Mapping[str, str],
+    score_files: Mapping[str, str],
+    spec: Mapping[str, Any],
+    weight_systematics: Sequence[str] = (),
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray] | None]:
-    """MC events per process (samples of one process concatenated) and the data events with
-    their ``fit_half`` flag (``cr_split == 1``); data None without data samples."""
+    """MC events per process (samples of one process concatenated, with the ratio columns of
+    ``weight_systematics``) and the data events with their ``fit_half`` flag (``cr_split ==
+    1``); data None without data samples."""
     from vhbb.data.export import cr_fit_half
 
     samples, processes = spec["samples"], spec["processes"]
@@ -50,7 +118,9 @@ def read_samples(
     for sample, cache_path in cache_files.items():
         proc = samples[sample]["process"]
         is_mc = processes[proc]["role"] != "data"
-        ev = read_events(cache_path, score_files[sample], sample, is_mc)
+        ev = read_events(
+            cache_path, score_files[sample], sample, is_mc, weight_systematics if is_mc else ()
+        )
         if is_mc:
             bucket = mc_events.setdefault(proc, {})
             for k, v in ev.items():
@@ -89,9 +159,10 @@ def fill_regions(
     mjj_edges: np.ndarray,
     score_edges: np.ndarray,
     blinded: bool,
+    weight_systematics: Sequence[str] = (),
 ) -> dict[str, RegionHists]:
     """Histograms of the signal region (data only when unblinded) and the control regions (the
-    fit half of the data)."""
+    fit half of the data); MC with the variations of ``weight_systematics`` too."""
 
     def data_columns(select: np.ndarray | None) -> dict[str, np.ndarray] | None:
         if data is None:
@@ -109,6 +180,7 @@ def fill_regions(
             score_edges=score_edges,
             data_events=sr_data,
             data_label="data" if sr_data is not None else "",
+            weight_systematics=weight_systematics,
         )
     }
     cr_data = None if data is None else data_columns(data["fit_half"])
@@ -120,6 +192,7 @@ def fill_regions(
             score_edges=score_edges,
             data_events=cr_data,
             data_label="data, fit half (cr_split == 1)",
+            weight_systematics=weight_systematics,
         )
     return regions
 
@@ -192,7 +265,10 @@ def run_hists(
     settings = spec["binning"]
     sr, crs = spec["signal_region"], list(spec["control_regions"])
     blinded = bool(spec["blinding"]["enabled"])
-    mc, data = read_samples(cache_files, score_files, spec)
+    weights = resolve_weight_systematics(
+        spec.get("weight_systematics", "auto"), available_weight_systematics(cache_files, spec)
+    )
+    mc, data = read_samples(cache_files, score_files, spec, weights)
     procs, signal = mc_processes(spec), signal_processes(spec)
     background = [p for p in procs if p not in signal]
     mjj_edges = np.asarray(settings["mjj_edges"], dtype=np.float64)
@@ -205,6 +281,7 @@ def run_hists(
         mjj_edges=mjj_edges,
         score_edges=s_edges,
         blinded=blinded,
+        weight_systematics=weights,
     )
     b, b2 = regions[sr].total(background)
     binning = bn.merge_bins(
@@ -221,6 +298,7 @@ def run_hists(
         "signal_processes": signal,
         "cr_data_fit_fraction": float(spec["cr_data_fit_fraction"]),
         "blinded": blinded,
+        "weight_systematics": weights,
         "score_edges_mode": settings["score"]["mode"],
         "provenance": provenance(dict(spec)),
     }

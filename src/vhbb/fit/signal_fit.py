@@ -15,7 +15,11 @@ at its nominal value; the signal-region data are never used):
   the Asimov yields at the control-region scale factors.
 
 Systematics (``fit.systematics``): Barlow-Beeston-lite MC statistics (``mc_stat``), lnN
-normalisation uncertainties (``lnN``), the JES shape and migration (``jes``); see
+normalisation uncertainties (``lnN``), the JES shape and migration (``jes``) and the weight
+systematics (``weights``: per-event weight ratios ``weight_<name>Up/Down`` of the caches,
+histogrammed by :mod:`vhbb.fit.hists`); JES and every weight systematic are shape nuisances
+(histosys, code 4p, one parameter ``<name>`` each, correlated across regions and processes:
+:func:`shape_systematics`); see
 :mod:`vhbb.stats.likelihood` for the likelihood and :mod:`vhbb.fit.workspace` for the pyhf export.
 
 A failed fit raises :class:`~vhbb.stats.minuit.FitError`: the job exits non-zero with the status
@@ -77,6 +81,30 @@ def lnn_normsys(
     return normsys
 
 
+def shape_systematics(meta: Mapping[str, Any], systematics: Mapping[str, Any]) -> list[str]:
+    """The shape nuisances of the fit, one parameter each (correlated across regions and
+    processes): ``jes`` (when ``fit.systematics.jes``) and every weight systematic of the
+    histograms (``meta['weight_systematics']``, chosen by ``fit.systematics.weights``).
+
+    The histogram variations of shape systematic ``s`` are ``<s>Up`` / ``<s>Down``.  A listed
+    weight systematic missing from the histograms (stale ``hists.h5``) raises
+    :class:`~vhbb.core.errors.InputError`.
+    """
+    in_hists = list(meta.get("weight_systematics") or [])
+    setting = systematics.get("weights", "auto")
+    if setting == "auto":
+        weights = in_hists
+    else:
+        missing = [n for n in setting if n not in in_hists]
+        if missing:
+            raise InputError(
+                f"weight systematic(s) {', '.join(missing)} (fit.systematics.weights) are not "
+                f"in the histograms (they hold {in_hists or 'none'}); rerun the hists rule"
+            )
+        weights = list(setting)
+    return (["jes"] if systematics.get("jes", True) else []) + weights
+
+
 def _templates(
     regions: Mapping[str, RegionHists],
     binning: Binning,
@@ -85,12 +113,15 @@ def _templates(
     *,
     control_regions: Sequence[str],
     fixed_sf: bool,
+    shapes: Sequence[str] = ("jes",),
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per process the yields over the channel bins (merged signal-region bins, then one bin per
-    control region, MC times the fit fraction there): nominal, sumw2, JES up and down.  In the
-    ``fixed`` mode the scale-factor processes are scaled by their control-region values."""
+    control region, MC times the fit fraction there): ``nominal``, ``sumw2`` and, per shape
+    systematic ``s`` of ``shapes``, ``<s>Up`` and ``<s>Down``.  In the ``fixed`` mode the
+    scale-factor processes are scaled by their control-region values."""
     sr = meta["signal_region"]
     fraction = float(meta["cr_data_fit_fraction"])
+    varied = [f"{s}{side}" for s in shapes for side in ("Up", "Down")]
     out: dict[str, dict[str, np.ndarray]] = {}
     for p in meta["mc_processes"]:
         scale = scale_factors[p] if (fixed_sf and p in scale_factors) else 1.0
@@ -98,16 +129,15 @@ def _templates(
         parts = {
             "nominal": [scale * binning.apply(sr_mc["nominal"][0])],
             "sumw2": [scale**2 * binning.apply(sr_mc["nominal"][1])],
-            "up": [scale * binning.apply(sr_mc["jesUp"][0])],
-            "down": [scale * binning.apply(sr_mc["jesDown"][0])],
+            **{v: [scale * binning.apply(sr_mc[v][0])] for v in varied},
         }
         for cr in control_regions:
             cr_mc = regions[cr].mc[p]
             f = fraction * scale
             parts["nominal"].append(np.array([f * cr_mc["nominal"][0].sum()]))
             parts["sumw2"].append(np.array([f * f * cr_mc["nominal"][1].sum()]))
-            parts["up"].append(np.array([f * cr_mc["jesUp"][0].sum()]))
-            parts["down"].append(np.array([f * cr_mc["jesDown"][0].sum()]))
+            for v in varied:
+                parts[v].append(np.array([f * cr_mc[v][0].sum()]))
         out[p] = {k: np.concatenate(v) for k, v in parts.items()}
     return out
 
@@ -188,6 +218,14 @@ def build_model(
     syst = spec["systematics"]
     sf_procs = [p for p in scale_factors if p in procs]
     crs = list(meta["control_regions"]) if mode == "simultaneous" else []
+    shapes = shape_systematics(meta, syst)
+    normsys = lnn_normsys(syst.get("lnN"), procs)
+    clash = sorted(set(shapes) & set(normsys))
+    if clash:
+        raise InputError(
+            f"{', '.join(clash)}: both a weight shape systematic and an lnN term "
+            "(fit.systematics.lnN); rename one of them"
+        )
     yields = _templates(
         regions,
         binning,
@@ -195,6 +233,7 @@ def build_model(
         {p: scale_factors[p] for p in sf_procs},
         control_regions=crs,
         fixed_sf=mode == "fixed",
+        shapes=shapes,
     )
     norm, gauss, stat_scale = _norm_factors(
         signal, sf_procs, scale_factors, sf_covariance, mode=mode, poi_bounds=spec["poi_bounds"]
@@ -204,10 +243,8 @@ def build_model(
         {p: y["nominal"] for p, y in yields.items()},
         sumw2={p: y["sumw2"] for p, y in yields.items()},
         norm_factors=norm,
-        histosys={"jes": {p: (y["up"], y["down"]) for p, y in yields.items()}}
-        if syst["jes"]
-        else None,
-        normsys=lnn_normsys(syst.get("lnN"), procs),
+        histosys={s: {p: (y[f"{s}Up"], y[f"{s}Down"]) for p, y in yields.items()} for s in shapes},
+        normsys=normsys,
         stat=syst["mc_stat"]["method"] if syst["mc_stat"]["enabled"] else None,
         gauss=gauss,
         stat_scale=stat_scale,

@@ -4,7 +4,10 @@
 ``fit.scale_factors.regions``) and per MC process, weighted 2D histograms of (m_jj, score) with
 the original signed sigma*L weights and their sums of squared weights, for the nominal and the
 JES-varied columns (``region_jesUp``, ``m_jj_jesUp``, ``score_jesUp``: events migrate between
-regions).  Data: the signal region only when ``blinding.enabled`` is false; the control regions
+regions) and, per weight systematic ``<name>`` (``fit.systematics.weights``), the variations
+``<name>Up`` / ``<name>Down``: the nominal regions, m_jj and score with the weight multiplied by
+the cached ratio ``weight_<name>Up`` / ``weight_<name>Down`` (:func:`variations`).  Data: the
+signal region only when ``blinding.enabled`` is false; the control regions
 with the fit half of the data only (``cr_split == 1``, :func:`vhbb.data.export.cr_fit_half`).  MC in
 the control regions is stored with sigma*L weights; the fit multiplies it by
 ``export.cr_data_fit_fraction``.  Values outside the edges go to the first/last bin (m_jj is
@@ -42,6 +45,27 @@ from vhbb.core.errors import DataError
 log = logging.getLogger(__name__)
 
 VARIATIONS = ("nominal", "jesUp", "jesDown")
+WEIGHT_SIDES = ("Up", "Down")
+
+
+def variations(weight_systematics: Sequence[str] = ()) -> tuple[str, ...]:
+    """The histogram variations: nominal, the JES ones, then ``<name>Up``, ``<name>Down`` per
+    weight systematic (in the given order)."""
+    return VARIATIONS + tuple(f"{n}{side}" for n in weight_systematics for side in WEIGHT_SIDES)
+
+
+def variation_columns(variation: str, weight_systematics: Sequence[str] = ()) -> dict[str, str]:
+    """The event columns a variation is filled from: ``region``, ``m_jj``, ``score`` and
+    ``ratio`` (the weight-ratio column; empty for the nominal weight)."""
+    for name in weight_systematics:
+        for side in WEIGHT_SIDES:
+            if variation == f"{name}{side}":
+                ratio = f"weight_{name}{side}"
+                return {"region": "region", "m_jj": "m_jj", "score": "score", "ratio": ratio}
+    if variation not in VARIATIONS:
+        raise ValueError(f"unknown histogram variation '{variation}'")
+    sfx = "" if variation == "nominal" else f"_{variation}"
+    return {"region": f"region{sfx}", "m_jj": f"m_jj{sfx}", "score": f"score{sfx}", "ratio": ""}
 
 
 # ---------------------------------------------------------------------------- edges and filling
@@ -138,23 +162,29 @@ def fill_region(
     score_edges: np.ndarray,
     data_events: Mapping[str, np.ndarray] | None,
     data_label: str = "",
+    weight_systematics: Sequence[str] = (),
 ) -> RegionHists:
     """Histograms of one region from per-process event arrays.
 
     ``events[process]`` holds ``weight``, and per variation ``v`` in (nominal, jesUp, jesDown)
     the columns ``region``/``m_jj``/``score`` (nominal) or ``region_<v>``/``m_jj_<v>``/
-    ``score_<v>``.  ``data_events`` holds ``region``, ``m_jj``, ``score`` of the selected data.
+    ``score_<v>``; per weight systematic ``<name>`` the ratios ``weight_<name>Up/Down``
+    (:func:`variations`).  ``data_events`` holds ``region``, ``m_jj``, ``score`` of the selected
+    data.
     """
     mc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for proc, ev in events.items():
         mc[proc] = {}
-        for var in VARIATIONS:
-            sfx = "" if var == "nominal" else f"_{var}"
-            sel = np.asarray(ev[f"region{sfx}"]).astype(str) == region
+        for var in variations(weight_systematics):
+            cols = variation_columns(var, weight_systematics)
+            sel = np.asarray(ev[cols["region"]]).astype(str) == region
+            weight = np.asarray(ev["weight"], dtype=np.float64)[sel]
+            if cols["ratio"]:
+                weight = weight * np.asarray(ev[cols["ratio"]], dtype=np.float64)[sel]
             mc[proc][var] = histogram2d(
-                np.asarray(ev[f"m_jj{sfx}"])[sel],
-                np.asarray(ev[f"score{sfx}"])[sel],
-                np.asarray(ev["weight"])[sel],
+                np.asarray(ev[cols["m_jj"]])[sel],
+                np.asarray(ev[cols["score"]])[sel],
+                weight,
                 mjj_edges,
                 score_edges,
             )
