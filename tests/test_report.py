@@ -54,7 +54,7 @@ def report(e2e_run, tmp_path_factory):
 def test_report_has_every_plot_category(report):
     _, _, categories, results, workdir = report
     declared = categories_by_rule()
-    assert {"transform_weights", "scale_factors_plots", "train_model", "hists_plots"} <= set(
+    assert {"weights_plots", "scale_factors_plots", "train_model", "hists_plots"} <= set(
         declared
     )
     rules_in_report = {r["job_properties"]["rule"] for r in results.values()}
@@ -90,7 +90,7 @@ def test_report_captions_rendered(report):
     for key, entry in results.items():
         props = entry["job_properties"]
         wildcards = dict(w.split("=", 1) for w in props["wildcards"].split(", ") if "=" in w)
-        if props["rule"] == "transform_weights":
+        if props["rule"] == "weights_plots":
             assert wildcards["region"] in entry["caption"], key
         if props["rule"] == "train_model":
             assert wildcards["model"] in json.dumps(entry), key

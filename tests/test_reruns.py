@@ -40,6 +40,7 @@ KNOWN_RULES = {
     "cache_sample",
     "export_regions",
     "transform_weights",
+    "weights_plots",
     "scale_factors",
     "train_model",
     "score_model",
@@ -68,6 +69,7 @@ UPSTREAM = ["toy_file", "cache_file", "cache_sample", "export_regions", "transfo
 BEFORE_FITS = [*UPSTREAM, "scale_factors", "train_model", "score_model"]
 # Rules that only draw figures from computed files (their params: the plot options).
 PLOT_RULES = {
+    "weights_plots",
     "scale_factors_plots",
     "hists_plots",
     "signal_fit_plots",
@@ -361,7 +363,7 @@ def test_blinding_window_reruns_the_histogram_plots_only(workdir_copy, tmp_path,
         tmp_path,
         graph,
         {"blinding": {"window": [lo - 5.0, hi + 5.0]}},
-        fit_jobs(graph, "hists_plots", "hists_plot_data"),
+        fit_jobs(graph, "hists_plot_data"),  # (hists_plots: downstream of it)
         [r for r in COMPUTE_RULES if r != "hists_plot_data"],
     )
 
@@ -378,7 +380,9 @@ def test_plot_style_reruns_plot_jobs_only(workdir_copy, tmp_path, graph, process
         tmp_path,
         graph,
         {"samples": {"processes": {process: {option: value}}}},
-        graph.select("scale_factors_plots") | fit_jobs(graph, "hists_plots", "signal_fit_plots"),
+        graph.select("scale_factors_plots")
+        | fit_jobs(graph, "hists_plots", "signal_fit_plots")
+        | (graph.select("weights_plots") if option == "label" else set()),  # names processes
         COMPUTE_RULES,
     )
     assert {j.wc("mode") for j in plan if j.rule == "signal_fit_plots"} == set(CFG["fit"]["modes"])

@@ -368,7 +368,7 @@ def test_gate_fails_an_under_trained_network_naming_region_process_variable(tmp_
     paths = {
         "h5": tmp_path / "w.h5",
         "validation": tmp_path / "validation.json",
-        "plots": tmp_path / "plots",
+        "plot_data": tmp_path / "plot_data.json",
         "checks": tmp_path / "checks.json",
     }
     with pytest.raises(CheckFailed, match=r"(?s)weights: .*paired test p-value at SR/(ZH|TT)/f1"):
@@ -384,10 +384,13 @@ def test_gate_fails_an_under_trained_network_naming_region_process_variable(tmp_
     failed = [c for c in read_checks([paths["checks"]]) if c.failed]
     assert failed and all(c.warned for c in failed)
     assert read_h5(paths["h5"])[1]["warnings"] == report["warnings"]
-    # one ratio panel per transformed process
-    assert sorted(p.name for p in paths["plots"].glob("*.png")) == sorted(
-        f"{v}.png" for v in report["variables"]
-    )
+    # the figures (rule weights_plots): one per variable, one ratio panel per process
+    from vhbb.plots.weights import run_weights_plots
+
+    written = run_weights_plots(paths["plot_data"], tmp_path / "plots", {"ZH": "ZH(bb)"})
+    assert sorted(p.name for p in written) == sorted(f"{v}.png" for v in report["variables"])
+    data = json.loads(paths["plot_data"].read_text())
+    assert set(data["variables"]["f1"]["processes"]) == {"ZH", "TT"}
 
 
 # ---------------------------------------------------------------- one estimate from all regions

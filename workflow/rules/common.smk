@@ -82,27 +82,11 @@ def score_outputs():
 
 
 def weights_outputs():
-    return expand("results/weights/{region}.h5", region=REGIONS) + expand(
-        "results/weights/{region}/validation.json", region=REGIONS
+    return (
+        expand("results/weights/{region}.h5", region=REGIONS)
+        + expand("results/weights/{region}/validation.json", region=REGIONS)
+        + expand("results/weights/{region}/plots", region=REGIONS)
     )
-
-
-_report_entry = report  # (a line that starts with `report(` is a Snakemake directive)
-
-
-def weights_plot_dirs():
-    """One figure folder per exported region, each a report entry of its own."""
-    entry = dict(
-        patterns=["{variable}.png"],
-        caption="../report/weights_ratio.rst",
-        category="Weights",
-    )
-    dirs = [directory(f"results/weights/{r}/plots") for r in REGIONS]
-    labels = [{"region": r, "variable": "{variable}"} for r in REGIONS]
-    return [
-        _report_entry(d, subcategory=r, labels=lab, **entry)
-        for d, r, lab in zip(dirs, REGIONS, labels)
-    ]
 
 
 def hists_inputs(wildcards):

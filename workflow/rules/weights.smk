@@ -10,7 +10,7 @@ rule transform_weights:
         h5=expand("results/weights/{region}.h5", region=REGIONS),
         validation=expand("results/weights/{region}/validation.json", region=REGIONS),
         checks=expand("results/checks/weights/{region}.json", region=REGIONS),
-        plots=weights_plot_dirs(),
+        plot_data=expand("results/weights/{region}/plot_data.json", region=REGIONS),
     log:
         "logs/weights/transform_weights.log",
     benchmark:
@@ -26,3 +26,32 @@ rule transform_weights:
         regions=REGIONS,
     script:
         "../scripts/weights.py"
+
+
+rule weights_plots:
+    """Per region and variable: all MC and one ratio panel per process (w'/w, paired test)."""
+    input:
+        "results/weights/{region}/plot_data.json",
+    output:
+        plots=report(
+            directory("results/weights/{region}/plots"),
+            patterns=["{variable}.png"],
+            caption="../report/weights_ratio.rst",
+            category="Weights",
+            subcategory="{region}",
+            labels={"region": "{region}", "variable": "{variable}"},
+        ),
+    log:
+        "logs/weights/{region}_plots.log",
+    benchmark:
+        "logs/benchmarks/weights_plots/weights/{region}_plots.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        labels={n: p.get("label", n) for n, p in config["samples"]["processes"].items()},
+    script:
+        "../scripts/weights_plots.py"

@@ -16,7 +16,7 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
                 "h5": smk.output.h5[i],
                 "validation": smk.output.validation[i],
                 "checks": smk.output.checks[i],
-                "plots": smk.output.plots[i],
+                "plot_data": smk.output.plot_data[i],
             }
             for i, r in enumerate(regions)
         },

@@ -244,7 +244,6 @@ def weights(config: Mapping) -> dict[str, Any]:
         {
             "settings": settings,
             "roles": {n: p["role"] for n, p in config["samples"]["processes"].items()},
-            "labels": {n: p.get("label", n) for n, p in config["samples"]["processes"].items()},
             "device": config.get("device", "auto"),
             "seed": config.get("seed", 0),
         }

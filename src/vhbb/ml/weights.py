@@ -1084,6 +1084,27 @@ def transform_region(
 
 
 # ------------------------------------------------------------------ the stage
+#: the per-bin arrays of a paired test that the figures draw
+PLOT_KEYS = ("edges", "sum_w", "sum_w_new", "sum_w2", "var", "chi2", "ndf", "p_value")
+
+
+def plot_data(tests: Mapping[str, Mapping[str, Any]], region: str, method: str) -> dict[str, Any]:
+    """The figures' data of one region (``results/weights/{region}/plot_data.json``, drawn by
+    the rule ``weights_plots``): per variable the paired test of all MC and of each process."""
+
+    def arrays(res: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: np.asarray(res[k]).tolist() for k in PLOT_KEYS}
+
+    return {
+        "region": region,
+        "method": method,
+        "variables": {
+            var: {**arrays(res), "processes": {p: arrays(r) for p, r in res["processes"].items()}}
+            for var, res in tests.items()
+        },
+    }
+
+
 def write_weights(
     path: str | Path,
     arrays: Mapping[str, np.ndarray],
@@ -1112,16 +1133,15 @@ def run_weights(
 ) -> dict[str, dict[str, Any]]:
     """The stage: read the exports (region -> path), transform (one estimate per process from
     all regions when ``weights.pool_regions``, else one per region), gate on the validation,
-    write per region the weights, the check records, the JSON and the plots.
+    write per region the weights, the check records, the JSON and the figures' data.
 
-    ``outputs``: region -> ``{"h5", "validation", "plots", "checks"}`` paths.  When the gate
+    ``outputs``: region -> ``{"h5", "validation", "plot_data", "checks"}`` paths.  When the gate
     fails nothing is written: the message names region, process and variable.
     """
     from vhbb.core import checks as chk
     from vhbb.core.io import write_json
     from vhbb.core.provenance import provenance
     from vhbb.data.export import read_h5
-    from vhbb.plots.weights import plot_ratio
 
     settings = settings_with_defaults(spec["settings"])
     read = {r: read_h5(path) for r, path in exports.items()}
@@ -1148,7 +1168,6 @@ def run_weights(
         [c for r in records for c in records[r]], settings["validation"]["on_failure"],
         context="weights",
     )  # fmt: skip
-    labels = {str(p): str(v) for p, v in (spec.get("labels") or {}).items()}
     for region, (out, report, tests) in results.items():
         mine = [c for c in gated if c.where.startswith(f"{region}/")]
         report.update(
@@ -1170,10 +1189,7 @@ def run_weights(
                 "provenance": prov,
             },
         )  # fmt: skip
-        plots = Path(paths["plots"])
-        plots.mkdir(parents=True, exist_ok=True)
-        for var, res in tests.items():
-            plot_ratio(plots / f"{var}.png", var, res, region, settings["method"], labels)
+        write_json(paths["plot_data"], plot_data(tests, region, settings["method"]))
         write_json(paths["validation"], report)
         worst = min(report["variables"].items(), key=lambda kv: kv[1]["p_value"], default=None)
         if worst is not None:

@@ -92,3 +92,20 @@ def plot_ratio(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save(fig, path)
+
+
+def run_weights_plots(
+    plot_data_path: str | Path, plots_dir: str | Path, labels: Mapping[str, str] | None = None
+) -> list[Path]:
+    """Rule ``weights_plots``: one figure per variable of ``plot_data.json``."""
+    import json
+
+    data = json.loads(Path(plot_data_path).read_text())
+    out = Path(plots_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for var, test in data["variables"].items():
+        path = out / f"{var}.png"
+        plot_ratio(path, var, test, data["region"], data["method"], labels)
+        written.append(path)
+    return written
