@@ -54,9 +54,7 @@ def report(e2e_run, tmp_path_factory):
 def test_report_has_every_plot_category(report):
     _, _, categories, results, workdir = report
     declared = categories_by_rule()
-    assert {"weights_plots", "scale_factors_plots", "train_model", "hists_plots"} <= set(
-        declared
-    )
+    assert {"weights_plots", "scale_factors_plots", "train_model", "hists_plots"} <= set(declared)
     rules_in_report = {r["job_properties"]["rule"] for r in results.values()}
     expected = set().union(*(declared[r] for r in rules_in_report))
     assert set(categories) == expected
