@@ -245,3 +245,49 @@ def test_hesse_with_a_parameter_at_its_limit():
     best = _check_hesse(model, asimov, expect_limit=("sf_Zhf",))
     assert best.value("sf_Zhf") == pytest.approx(1.0, abs=1e-4)
     assert best.status.as_dict()["at_limit"] == ["sf_Zhf"]
+
+
+@pytest.mark.parametrize("stat", [None, "profile", "parameters"])
+def test_set_observed_is_a_fresh_likelihood(stat):
+    model, asimov = lk.toy_model(4, 3, stat=stat)
+    rng = np.random.default_rng(8)
+    lik = lk.Likelihood(model, asimov)
+    x = model.init + rng.normal(0, 0.1, model.n_params)
+    lik.hessian(x)  # cached: must not survive the new observations
+    observed = rng.poisson(asimov).astype(float)
+    lik.set_observed(observed)
+    fresh = lk.Likelihood(model, observed)
+    v, g = lik.value_and_grad(x)
+    v2, g2 = fresh.value_and_grad(x)
+    assert v == pytest.approx(v2, rel=1e-12)
+    np.testing.assert_allclose(g, g2, rtol=1e-12)
+    np.testing.assert_allclose(lik.hessian(x), fresh.hessian(x), rtol=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.7, -2.2])
+def test_normsys_beyond_one_sigma(alpha):
+    """code 4 outside |alpha| < 1 (the exponential branch) in the fast path."""
+    model, asimov = lk.toy_model(3, 3, stat="profile")
+    lik = lk.Likelihood(model, asimov * 1.1)
+    x = model.init.copy()
+    x[model.normsys_index] = alpha
+    _, grad = lik.value_and_grad(x)
+    np.testing.assert_allclose(grad, _numeric_grad(lik, x), rtol=1e-4, atol=1e-4)
+    f = np.exp(alpha * model.normsys_log_hi) if alpha > 1 else np.exp(-alpha * model.normsys_log_lo)
+    if abs(alpha) > 1:
+        np.testing.assert_allclose(lk._normsys_factor(model, x), np.prod(f, axis=0), rtol=1e-12)
+
+
+def test_analytic_hessian_in_migrad_gives_the_classic_minimum():
+    """MIGRAD checking its minimum with the analytic Hessian ends where the classic fit
+    (numerical HESSE inside MIGRAD) ends."""
+    model, asimov = lk.toy_model(4, 4, stat="profile", jes_asymmetry=0.03)
+    rng = np.random.default_rng(12)
+    for _ in range(4):
+        observed = rng.poisson(asimov).astype(float)
+        fast = lk.fit(model, observed)
+        lik = lk.Likelihood(model, observed)
+        m, _ = lk._minuit(lik, model, 0.1, 1)
+        m.migrad()
+        assert fast.nll == pytest.approx(m.fval, abs=1e-4)
+        np.testing.assert_allclose(fast.values, np.array(m.values), atol=0.02 * fast.errors.max())

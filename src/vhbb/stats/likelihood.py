@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -141,6 +142,7 @@ _CODE4_AINV = np.array(
     ]
 )
 _POW = np.arange(1, 7)
+_POW0F = np.arange(7.0)
 
 
 def code4_coefficients(log_hi: np.ndarray, log_lo: np.ndarray) -> np.ndarray:
@@ -264,6 +266,90 @@ def nominal_aux(model: Model) -> AuxData:
     return AuxData(np.zeros(model.n_params), np.ones(model.n_bins), gauss)
 
 
+@dataclass(frozen=True)
+class _Constants:
+    """Model-constant arrays of :class:`Likelihood`, built once per :class:`Model` (cached).
+
+    ``stack`` (S, P, B), ``S = 1 + 2H``: the nominal yields, then every histosys's ``up -
+    nominal``, then every ``nominal - down``; the expected yield before gamma is ``fac @ (stack[0]
+    + sum_i w_i stack[i])`` with ``w`` the code-4p weights, so one matrix-vector product per call
+    gives every term (``by_bin``: the (P, S*B) layout; ``by_proc``: the (S*P, B) layout).
+    """
+
+    stack: np.ndarray
+    by_bin: np.ndarray
+    by_proc: np.ndarray
+    maskf: np.ndarray  # (K, P) float
+    disjoint: bool  # every process scaled by at most one normalisation factor
+    c4: np.ndarray  # (J, P, 6) code-4 coefficients
+    c4_both: np.ndarray  # (J, 2P, 7): polynomial - 1, then its derivative, on alpha^0..alpha^6
+    c4_all: np.ndarray  # (J, 3P, 7): the same and the second derivative
+    fac_index: np.ndarray  # (K + J,) normalisation factors, then normsys
+    fac_ix: tuple[np.ndarray, np.ndarray]  # np.ix_(fac_index, fac_index)
+    alpha_index: np.ndarray  # (H + J,) unit-Gaussian constrained nuisances
+    all_free: bool
+
+
+_CONSTANTS: dict[int, tuple[weakref.ref, _Constants]] = {}
+
+
+def _constants(model: Model) -> _Constants:
+    """The cached :class:`_Constants` of ``model`` (keyed by identity; dropped with the model)."""
+    key = id(model)
+    hit = _CONSTANTS.get(key)
+    if hit is not None and hit[0]() is model:
+        return hit[1]
+    n_p, n_b = model.nominal.shape
+    stack = np.concatenate(
+        [
+            model.nominal[None],
+            model.histo_up.reshape(-1, n_p, n_b),
+            model.histo_down.reshape(-1, n_p, n_b),
+        ]
+    ).astype(np.float64)
+    maskf = model.norm_mask.astype(np.float64).reshape(len(model.norm_index), n_p)
+    c4 = code4_coefficients(model.normsys_log_hi, model.normsys_log_lo).reshape(-1, n_p, 6)
+    # coefficients of alpha^0..alpha^6 in poly - 1, poly' and poly''
+    pad = ((0, 0), (0, 0))
+    c4_all = np.ascontiguousarray(
+        np.concatenate(
+            [
+                np.pad(c4, (*pad, (1, 0))),
+                np.pad(c4 * _POW, (*pad, (0, 1))),
+                np.pad(c4[..., 1:] * (_POW[1:] * (_POW[1:] - 1)), (*pad, (0, 2))),
+            ],
+            axis=1,
+        )
+    )
+    fac_index = np.concatenate([model.norm_index, model.normsys_index]).astype(np.intp)
+    consts = _Constants(
+        stack=stack,
+        by_bin=np.ascontiguousarray(stack.transpose(1, 0, 2).reshape(n_p, -1)),
+        by_proc=np.ascontiguousarray(stack.reshape(-1, n_b)),
+        maskf=maskf,
+        disjoint=bool(np.all(maskf.sum(axis=0) <= 1.0)),
+        c4=np.ascontiguousarray(c4),
+        c4_both=c4_all[:, : 2 * n_p],
+        c4_all=c4_all,
+        fac_index=fac_index,
+        fac_ix=np.ix_(fac_index, fac_index),
+        alpha_index=np.concatenate([model.histo_index, model.normsys_index]).astype(np.intp),
+        all_free=not any(model.fixed),
+    )
+    ref = weakref.ref(model, lambda _r, k=key: _CONSTANTS.pop(k, None))
+    _CONSTANTS[key] = (ref, consts)
+    return consts
+
+
+def _histo_weights(x: np.ndarray, index: np.ndarray, order: int) -> np.ndarray:
+    """(2H,) code-4p weights of ``(up - nominal)`` then ``(nominal - down)`` (or derivatives)."""
+    n_h = len(index)
+    w = np.empty(2 * n_h)
+    for h, i in enumerate(index):
+        w[h], w[n_h + h] = code4p(float(x[i]))[order]
+    return w
+
+
 class Likelihood:
     """``nll(x)``, its analytic gradient and Hessian for one model and one observation vector.
 
@@ -273,19 +359,15 @@ class Likelihood:
     shifts and a product of normalisation and code-4 factors per process, so every derivative is
     a few (P, B) matrix-vector products.  ``aux`` shifts the constraint centres (default: real
     data, :func:`nominal_aux`).
+
+    The model-constant arrays are built once per model (:func:`_constants`); the observations
+    can be replaced with :meth:`set_observed` (toys reuse one object).
     """
 
     def __init__(self, model: Model, observed: np.ndarray, aux: AuxData | None = None) -> None:
         self.model = model
-        n = np.asarray(observed, dtype=np.float64)
-        if n.shape != (model.n_bins,):
-            raise ValueError(f"observations have shape {n.shape}, model has {model.n_bins} bins")
-        if np.any(n < 0) or not np.all(np.isfinite(n)):
-            raise FitError("observations must be finite and non-negative")
-        self.n = n
+        self._c = _constants(model)
         self.aux = nominal_aux(model) if aux is None else aux
-        pos = n > 0
-        self._const = float(np.sum(n[pos] * np.log(n[pos]) - n[pos]))
         self.ncall = 0
         sigma = model.stat_sigma
         self._sigma = None if sigma is None else np.asarray(sigma, dtype=np.float64)
@@ -299,45 +381,91 @@ class Likelihood:
             self._gidx = gidx[self._gmask]
             self._gsig2 = self._sigma[self._gmask] ** 2  # type: ignore[index]
             self._gc = self._gcentre[self._gmask]
-        # parameters acting through the per-process factor: normfactors then normsys
-        self._fac_index = np.concatenate([model.norm_index, model.normsys_index]).astype(int)
         self._n_k, self._n_j = len(model.norm_index), len(model.normsys_index)
-        self._maskf = model.norm_mask.astype(np.float64)
+        self._n_h = len(model.histo_index)
         self._ones = np.ones(len(model.processes))
-        self._no_slope = np.zeros((0, len(model.processes)))
-        self._c4 = code4_coefficients(model.normsys_log_hi, model.normsys_log_lo)
-        # unit-Gaussian constrained nuisances (histosys, normsys) and their centres
-        self._alpha_index = np.concatenate([model.histo_index, model.normsys_index]).astype(int)
+        self._alpha_index = self._c.alpha_index
         self._alpha_centre = np.asarray(self.aux.alpha, dtype=np.float64)[self._alpha_index]
+        self._has_alpha = bool(len(self._alpha_index))
         if self._sigma is not None:
             s2 = self._sigma**2
+            self._s2 = s2
+            self._all_s2 = bool(np.all(s2 > 0))
             self._half_inv_s2 = np.divide(0.5, s2, out=np.zeros_like(s2), where=s2 > 0)
+        self._hess_cache: tuple[np.ndarray, np.ndarray] | None = None
+        self.set_observed(observed)
+
+    def set_observed(self, observed: np.ndarray) -> None:
+        """Replace the observation vector (same model and auxiliary data)."""
+        n = np.asarray(observed, dtype=np.float64)
+        if n.shape != (self.model.n_bins,):
+            raise ValueError(
+                f"observations have shape {n.shape}, model has {self.model.n_bins} bins"
+            )
+        if np.any(n < 0) or not np.all(np.isfinite(n)):
+            raise FitError("observations must be finite and non-negative")
+        self.n = n
+        pos = n > 0
+        self._const = float(np.sum(n[pos] * np.log(n[pos]) - n[pos]))
+        if self._profile:
+            self._ns2 = n * self._s2
+            self._4ns2 = 4.0 * self._ns2
+        self._hess_cache = None
 
     # -- per-process factors and their derivatives
+    def _code4(
+        self, alpha: np.ndarray, second: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Code-4 factors (J, P), ``f'/f`` and (``second``) ``f''/f``, as :func:`code4`: the
+        polynomial and its derivatives as one matrix product, the few rows with ``|alpha| >= 1``
+        (the exponential branches) overwritten."""
+        c = self._c
+        clipped = np.clip(alpha, -1.0, 1.0)
+        coef = c.c4_all if second else c.c4_both
+        out = (coef @ (clipped[:, None] ** _POW0F)[..., None])[..., 0]  # (J, 2P or 3P)
+        n_p = c.c4.shape[1]
+        poly = np.maximum(1.0 + out[:, :n_p], TINY)
+        slope = out[:, n_p : 2 * n_p] / poly
+        curv = out[:, 2 * n_p :] / poly if second else None
+        if abs(alpha).max() >= 1.0:
+            m = self.model
+            for j in np.flatnonzero(np.abs(alpha) >= 1.0):
+                a = float(alpha[j])
+                log_f = m.normsys_log_hi[j] if a >= 1.0 else -m.normsys_log_lo[j]
+                poly[j] = np.exp(a * log_f)
+                slope[j] = log_f
+                if curv is not None:
+                    curv[j] = log_f * log_f
+        return poly, slope, curv
+
     def _fac_derivs(
         self, x: np.ndarray, second: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """``fac`` (P,), ``d fac / d theta`` (F, P) and optionally the second derivatives."""
-        model = self.model
+        model, c = self.model, self._c
         n_k, n_j = self._n_k, self._n_j
+        curv = None
         if n_j:
-            f, slope, curv = code4(
-                x[model.normsys_index], model.normsys_log_hi, model.normsys_log_lo, self._c4
-            )
-            lognorm = np.prod(f, axis=0)
+            alpha = x[model.normsys_index]
+            f, slope, curv = self._code4(alpha, second)
+            lognorm = f[0] if n_j == 1 else np.prod(f, axis=0)
         else:
-            slope = curv = self._no_slope
             lognorm = self._ones
         d1 = np.empty((n_k + n_j, len(lognorm)))
-        if n_k:
-            terms = 1.0 + self._maskf * (x[model.norm_index][:, None] - 1.0)  # (K, P)
+        terms = None
+        if n_k and c.disjoint:
+            xk = x[model.norm_index]
+            fac = (1.0 + (xk - 1.0) @ c.maskf) * lognorm
+            d1[:n_k] = c.maskf * lognorm
+        elif n_k:
+            terms = 1.0 + c.maskf * (x[model.norm_index][:, None] - 1.0)  # (K, P)
             # product over the other factors: prefix x suffix cumulative products
             excl = np.ones_like(terms)
             if n_k > 1:
                 excl[1:] = np.cumprod(terms[:-1], axis=0)
                 excl[:-1] *= np.cumprod(terms[:0:-1], axis=0)[::-1]
             fac = terms[0] * excl[0] * lognorm
-            d1[:n_k] = self._maskf * excl * lognorm
+            d1[:n_k] = c.maskf * excl * lognorm
         else:
             fac = lognorm
         if n_j:
@@ -345,56 +473,66 @@ class Likelihood:
         if not second:
             return fac, d1, None
         d2 = np.zeros((n_k + n_j, n_k + n_j, len(lognorm)))
-        for k in range(n_k):
-            for k2 in range(k + 1, n_k):
-                rest = np.prod(np.delete(terms, [k, k2], axis=0), axis=0)
-                both = self._maskf[k] * self._maskf[k2]
-                d2[k, k2] = d2[k2, k] = both * rest * lognorm
-            d2[k, n_k:] = d1[k] * slope
-            d2[n_k:, k] = d2[k, n_k:]
-        d2[n_k:, n_k:] = fac * slope[:, None, :] * slope[None, :, :]
-        for j in range(n_j):
-            d2[n_k + j, n_k + j] = fac * curv[j]
+        if terms is not None:  # two factors on one process (else the cross terms are 0)
+            for k in range(n_k):
+                for k2 in range(k + 1, n_k):
+                    rest = np.prod(np.delete(terms, [k, k2], axis=0), axis=0)
+                    both = c.maskf[k] * c.maskf[k2]
+                    d2[k, k2] = d2[k2, k] = both * rest * lognorm
+        if n_j:
+            assert curv is not None
+            if n_k:
+                d2[:n_k, n_k:] = d1[:n_k, None, :] * slope[None, :, :]
+                d2[n_k:, :n_k] = d2[:n_k, n_k:].transpose(1, 0, 2)
+            d2[n_k:, n_k:] = fac * slope[:, None, :] * slope[None, :, :]
+            diag = np.arange(n_k, n_k + n_j)
+            d2[diag, diag] = fac * curv
         return fac, d1, d2
 
-    def _core(self, x: np.ndarray, second: bool) -> dict[str, Any]:
-        model = self.model
-        fac, d1, d2 = self._fac_derivs(x, second)
-        m_eff = model.nominal
-        for shift in _shape_terms(model, x):
-            m_eff = m_eff + shift
-        t = np.maximum(fac @ m_eff, TINY)
-        return {
-            "fac": fac,
-            "d1": d1,
-            "d2": d2,
-            "m_eff": m_eff,
-            "slopes": _shape_terms(model, x, 1),
-            "curvs": _shape_terms(model, x, 2) if second else None,
-            "t": t,
-        }
+    def _t_terms(self, x: np.ndarray, fac: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``t`` (B,), the per-term products ``fac @ stack[s]`` (S, B) and the code-4p weights."""
+        c = self._c
+        terms = (fac @ c.by_bin).reshape(len(c.stack), -1)
+        if not self._n_h:
+            return np.maximum(terms[0], TINY), terms, np.empty(0)
+        w = _histo_weights(x, self.model.histo_index, 0)
+        return np.maximum(terms[0] + w @ terms[1:], TINY), terms, w
+
+    def _t(self, x: np.ndarray) -> np.ndarray:
+        fac, _, _ = self._fac_derivs(x, False)
+        return self._t_terms(x, fac)[0]
 
     def gamma_hat(self, x: np.ndarray) -> np.ndarray | None:
         """Per-bin MC-statistics factor at ``x`` (profiled or the parameters; None without)."""
-        return self._phi(np.asarray(x, dtype=np.float64), self._core(x, False)["t"])[2]
+        x = np.asarray(x, dtype=np.float64)
+        return self._phi(x, self._t(x))[2]
 
     def expected(self, x: np.ndarray) -> np.ndarray:
         """Expected total yield per bin at ``x``, including the (profiled) gamma."""
         x = np.asarray(x, dtype=np.float64)
-        t = self._core(x, False)["t"]
+        t = self._t(x)
         gamma = self._phi(x, t)[2]
         return t if gamma is None else gamma * t
+
+    def _profiled_gamma(self, t: np.ndarray) -> np.ndarray:
+        """:func:`profiled_gamma` at ``t`` for this observation (the same roots, fewer passes)."""
+        a = t * self._s2 - self._gcentre
+        disc = np.sqrt(a * a + self._4ns2)
+        q = 0.5 * (np.abs(a) + disc)  # a <= 0: the root; a > 0: n s2 / root
+        pos = a > 0
+        gamma = np.divide(self._ns2, q, out=q.copy(), where=pos)
+        if not self._all_s2:
+            gamma = np.where(self._s2 > 0, gamma, 1.0)
+        return gamma
 
     def _phi(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
         """Sum over bins of phi, phi' (B,) and gamma (profiled or parameters; else None)."""
         n = self.n
         if self._profile:
-            sig = self._sigma
-            assert sig is not None
-            gamma = profiled_gamma(t, n, sig, self._gcentre)
+            gamma = self._profiled_gamma(t)
             nu = np.maximum(gamma * t, TINY)
-            pen = (gamma - self._gcentre) ** 2 * self._half_inv_s2
-            value = float(np.sum(nu - n * np.log(nu)) + np.sum(pen))
+            dg = gamma - self._gcentre
+            value = float((nu - n * np.log(nu)).sum() + (dg * dg) @ self._half_inv_s2)
             return value, gamma - n / t, gamma
         if self._params:
             gamma = np.ones(len(t))
@@ -403,33 +541,41 @@ class Likelihood:
             dg = gamma[self._gmask] - self._gc
             value = float(np.sum(nu - n * np.log(nu)) + np.sum(dg * dg / (2.0 * self._gsig2)))
             return value, gamma - n / t, gamma
-        return float(np.sum(t - n * np.log(t))), 1.0 - n / t, None
+        return float((t - n * np.log(t)).sum()), 1.0 - n / t, None
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         x = np.asarray(x, dtype=np.float64)
         self.ncall += 1
-        model = self.model
-        c = self._core(x, second=False)
-        value, r, gamma = self._phi(x, c["t"])
+        model, c = self.model, self._c
+        fac, d1, _ = self._fac_derivs(x, second=False)
+        t, terms, w = self._t_terms(x, fac)
+        value, r, gamma = self._phi(x, t)
         value += self._const  # saturated model: nll = 0 for nu = n
+        per = (c.by_proc @ r).reshape(len(c.stack), -1)  # (S, P): stack[s] @ r
         grad = np.zeros(len(x))
-        grad[self._fac_index] += c["d1"] @ (c["m_eff"] @ r)
-        for i, slope in zip(model.histo_index, c["slopes"], strict=True):
-            grad[i] += float(c["fac"] @ (slope @ r))
-        if len(self._alpha_index):
+        if self._n_h:
+            v = per[0] + w @ per[1:]  # m_eff @ r
+            rt = terms[1:] @ r  # fac @ stack[s] @ r
+            w1 = _histo_weights(x, model.histo_index, 1)
+            n_h = self._n_h
+            grad[model.histo_index] = w1[:n_h] * rt[:n_h] + w1[n_h:] * rt[n_h:]
+        else:
+            v = per[0]
+        grad[c.fac_index] += d1 @ v
+        if self._has_alpha:
             d = x[self._alpha_index] - self._alpha_centre
             grad[self._alpha_index] += d
             value += 0.5 * float(d @ d)
         if self._params:
-            n, t = self.n, c["t"]
+            n = self.n
             assert gamma is not None
             dg = (gamma[self._gmask] - self._gc) / self._gsig2
             grad[self._gidx] = (t - n / np.maximum(gamma, TINY))[self._gmask] + dg
         if model.gauss_index is not None:
             d = x[model.gauss_index] - self.aux.gauss
-            w = model.gauss_inv_cov @ d  # type: ignore[operator]
-            value += 0.5 * float(d @ w)
-            grad[model.gauss_index] += w
+            wg = model.gauss_inv_cov @ d  # type: ignore[operator]
+            value += 0.5 * float(d @ wg)
+            grad[model.gauss_index] += wg
         return value, grad
 
     def __call__(self, x: np.ndarray) -> float:
@@ -440,39 +586,64 @@ class Likelihood:
 
     def _data_curv(self, t: np.ndarray) -> np.ndarray:
         """``n / t^2`` (0 for empty bins; no overflow for a vanishing prediction)."""
-        return np.where(self.n > 0, self.n / np.maximum(t, 1e-150) ** 2, 0.0)
+        return self.n / np.maximum(t, 1e-150) ** 2  # 0 where n = 0
 
     def hessian(self, x: np.ndarray) -> np.ndarray:
-        """Exact Hessian (codes 4 and 4p are twice continuously differentiable)."""
+        """Exact Hessian (codes 4 and 4p are twice continuously differentiable).
+
+        The last one is cached (MIGRAD's final Hessian is the fit's covariance).
+        """
         x = np.asarray(x, dtype=np.float64)
-        model, n = self.model, self.n
-        c = self._core(x, second=True)
-        t, fac = c["t"], c["fac"]
+        hit = self._hess_cache
+        if hit is not None and np.array_equal(hit[0], x):
+            return hit[1].copy()
+        hess = self._hessian(x)
+        self._hess_cache = (x.copy(), hess)
+        return hess.copy()
+
+    def _hessian(self, x: np.ndarray) -> np.ndarray:
+        model, n, c = self.model, self.n, self._c
+        fac, d1, d2 = self._fac_derivs(x, second=True)
+        assert d2 is not None
+        t, terms, w = self._t_terms(x, fac)
         _, r, gamma = self._phi(x, t)
+        n_s, n_h = len(c.stack), self._n_h
+        per = (c.by_proc @ r).reshape(n_s, -1)  # (S, P)
+        m_eff = (
+            c.stack[0]
+            if not n_h
+            else (np.concatenate([[1.0], w]) @ c.stack.reshape(n_s, -1)).reshape(c.stack.shape[1:])
+        )
+        v = per[0] + w @ per[1:] if n_h else per[0]
         n_par = len(x)
         jac = np.zeros((n_par, len(t)))
-        jac[self._fac_index] = c["d1"] @ c["m_eff"]
-        for i, slope in zip(model.histo_index, c["slopes"], strict=True):
-            jac[i] = fac @ slope
+        jac[c.fac_index] = d1 @ m_eff
+        if n_h:
+            w1 = _histo_weights(x, model.histo_index, 1)
+            w2 = _histo_weights(x, model.histo_index, 2)
+            jac[model.histo_index] = (
+                w1[:n_h, None] * terms[1 : 1 + n_h] + w1[n_h:, None] * terms[1 + n_h :]
+            )
         if self._profile:
-            sig = self._sigma
-            assert sig is not None and gamma is not None
-            with np.errstate(divide="ignore", invalid="ignore"):
-                inv = np.where(
-                    sig > 0, 1.0 / (n / np.maximum(gamma, TINY) ** 2 + 1.0 / sig**2), 0.0
-                )
+            assert gamma is not None
+            # 1 / (n / gamma^2 + 1 / sigma^2), 0 where sigma = 0
+            den = n / np.maximum(gamma, TINY) ** 2 + 2.0 * self._half_inv_s2
+            inv = np.divide(1.0, den, out=np.zeros_like(den), where=self._s2 > 0)
             curv = self._data_curv(t) - inv
         else:
             curv = self._data_curv(t)
         hess = (jac * curv) @ jac.T
-        fi = self._fac_index
-        hess[np.ix_(fi, fi)] += c["d2"] @ (c["m_eff"] @ r)
-        for i, slope, second in zip(model.histo_index, c["slopes"], c["curvs"], strict=True):
-            cross = c["d1"] @ (slope @ r)
-            hess[fi, i] += cross
-            hess[i, fi] += cross
-            hess[i, i] += float(fac @ (second @ r))
-        if len(self._alpha_index):
+        fi = c.fac_index
+        hess[c.fac_ix] += d2 @ v
+        if n_h:
+            rt = terms[1:] @ r  # (2H,)
+            for h, i in enumerate(model.histo_index):
+                slope_r = w1[h] * per[1 + h] + w1[n_h + h] * per[1 + n_h + h]  # slope_h @ r
+                cross = d1 @ slope_r
+                hess[fi, i] += cross
+                hess[i, fi] += cross
+                hess[i, i] += w2[h] * rt[h] + w2[n_h + h] * rt[n_h + h]
+        if self._has_alpha:
             hess[self._alpha_index, self._alpha_index] += 1.0
         if self._params:
             assert gamma is not None
@@ -521,48 +692,59 @@ class FitResult:
 
 
 def _minuit(
-    lik: Likelihood, model: Model, tolerance: float, strategy: int
+    lik: Likelihood, model: Model, tolerance: float, strategy: int, hessian: bool = False
 ) -> tuple[Any, np.ndarray]:
     """Minuit over the free parameters only, and their indices in ``model.names``.
 
-    Fixed parameters are not handed to Minuit (see the comment below).
+    Fixed parameters are not handed to Minuit (see the comment below).  With ``hessian`` Minuit
+    gets the analytic Hessian (see :class:`_Fitter` for where that is safe).
     """
     idx = np.flatnonzero(~np.asarray(model.fixed, dtype=bool))
     base = model.init.astype(np.float64)
+    all_free = len(idx) == len(base)
     cache: dict[str, Any] = {"x": None}
 
     def full(xf: np.ndarray) -> np.ndarray:
+        if all_free:
+            return np.asarray(xf, dtype=np.float64)
         x = base.copy()
         x[idx] = xf
         return x
 
     def fcn(xf: np.ndarray) -> float:
         value, grad = lik.value_and_grad(full(xf))
-        cache["x"], cache["g"] = np.array(xf, copy=True), grad[idx]
+        cache["x"], cache["g"] = np.array(xf, copy=True), grad if all_free else grad[idx]
         return value
 
     def grad(xf: np.ndarray) -> np.ndarray:
         if cache["x"] is not None and np.array_equal(cache["x"], xf):
             return cache["g"]
-        return lik.grad(full(xf))[idx]
+        g = lik.grad(full(xf))
+        return g if all_free else g[idx]
 
-    def hessian(xf: np.ndarray) -> np.ndarray:
-        return lik.hessian(full(xf))[np.ix_(idx, idx)]
+    def hess(xf: np.ndarray) -> np.ndarray:
+        h = lik.hessian(full(xf))
+        return h if all_free else h[np.ix_(idx, idx)]
 
     def g2(xf: np.ndarray) -> np.ndarray:
-        return np.diag(hessian(xf))
+        return np.diag(hess(xf))
 
-    # No analytic Hessian for Minuit: iminuit 2.33 mis-handles it with fixed parameters (wrong
-    # covariance sub-block) and at parameter limits (EDM of a converged fit ~ 70).  G2 (its
-    # diagonal) is given: with an analytic gradient MIGRAD calls G2 when it meets a negative second
-    # derivative and fails without it ("'NoneType' object is not callable").  HESSE differentiates
-    # the analytic gradient numerically.
+    # The analytic Hessian (``hessian``) only where it is safe: iminuit 2.33 mis-handles it with
+    # fixed parameters (wrong covariance sub-block; they are never handed over here) and at
+    # parameter limits (the transformation to Minuit's internal, bounded coordinates drops the
+    # gradient term: EDM of a converged fit ~ 70); :class:`_Fitter` refits such fits without it.
+    # G2 (its diagonal) is always given: with an analytic gradient MIGRAD calls G2 when it meets a
+    # negative second derivative and fails without it ("'NoneType' object is not callable").
+    # Without the Hessian, HESSE differentiates the function numerically (~ N^2 calls).
+    names = [model.names[i] for i in idx]
+    fcn._parameters = dict.fromkeys(names)  # type: ignore[attr-defined]  # iminuit: no inspect
     m = mn.make_minuit(
         fcn,
         base[idx],
-        names=[model.names[i] for i in idx],
+        names=names,
         grad=grad,
         g2=g2,
+        hessian=hess if hessian else None,
         errors=[_step(model, i) for i in idx],
         limits=[model.bounds[i] for i in idx],
         tolerance=tolerance,
@@ -583,6 +765,126 @@ def _step(model: Model, i: int) -> float:
 ANALYTIC = "analytic Hessian"
 
 
+def _near_limit(
+    values: np.ndarray, hess_diag: np.ndarray, limits: Sequence[tuple[float | None, float | None]]
+) -> bool:
+    """Whether a parameter is within one conditional width ``1/sqrt(H_ii)`` of a limit."""
+    width = 1.0 / np.sqrt(np.maximum(hess_diag, 1e-300))
+    for v, w, (lo, hi) in zip(values, width, limits, strict=True):
+        if (lo is not None and v - lo < w) or (hi is not None and hi - v < w):
+            return True
+    return False
+
+
+class _Fitter:
+    """The fit of one model with reusable state: one :class:`Likelihood` (observations
+    replaceable) and one Minuit with the analytic Hessian (reset before every fit).
+
+    MIGRAD's strategy-1 check of the minimum (HESSE at the end, the EDM recomputed with it) uses
+    the analytic Hessian: one call instead of ~N^2 function calls.  Where Minuit cannot use it (a
+    parameter within a width of a limit, or an invalid minimum) and for MINOS, the fit is redone
+    with a fresh Minuit without it, exactly the classic fit (numerical HESSE inside MIGRAD, its
+    strategy-2 retry).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        observed: np.ndarray,
+        aux: AuxData | None = None,
+        *,
+        tolerance: float = 0.1,
+        strategy: int = 1,
+    ) -> None:
+        self.model = model
+        self.tolerance = tolerance
+        self.strategy = strategy
+        self.lik = Likelihood(model, observed, aux)
+        self._m: Any = None
+        self._free: np.ndarray = np.flatnonzero(~np.asarray(model.fixed, dtype=bool))
+        self._limits = [model.bounds[i] for i in self._free]
+
+    def set_observed(self, observed: np.ndarray) -> None:
+        self.lik.set_observed(observed)
+
+    def _analytic_minuit(self) -> Any:
+        if self._m is None:
+            self._m, _ = _minuit(self.lik, self.model, self.tolerance, self.strategy, True)
+        else:
+            self._m.reset()
+            self._m.strategy = self.strategy
+        return self._m
+
+    def run(
+        self,
+        *,
+        hesse: bool = True,
+        minos: Sequence[str] = (),
+        label: str = "fit",
+        require_valid: bool = True,
+    ) -> FitResult:
+        model, lik, free = self.model, self.lik, self._free
+        values = model.init.astype(np.float64).copy()
+        m = None
+        if not minos:
+            m = self._analytic_minuit()
+            mn.migrad(m, label, require_valid=False)
+            values[free] = m.values
+            if not m.fmin.is_valid or _near_limit(
+                values[free], np.diag(lik.hessian(values))[free], self._limits
+            ):
+                m = None
+        if m is None:
+            m, _ = _minuit(lik, model, self.tolerance, self.strategy)
+            mn.migrad(m, label, require_valid=require_valid)
+            values[free] = m.values
+        cov = np.zeros((model.n_params, model.n_params))
+        limited: list[str] = []
+        if hesse:
+            hess = lik.hessian(values)[np.ix_(free, free)]
+            edge = mn.at_limit(values[free], lik.grad(values)[free], np.diag(hess), self._limits)
+            free_cov = mn.hessian_covariance(hess, edge)
+            limited = [model.names[i] for i in free[edge]]
+            posdef = free_cov is not None
+            if not posdef and require_valid:
+                raise FitError(
+                    f"{label}: HESSE failed (analytic Hessian not positive definite; "
+                    f"{mn.status_text(m.fmin)})"
+                )
+        else:
+            free_cov = mn.covariance(m)
+            posdef = bool(m.fmin.has_posdef_covar)
+        minos_out: dict[str, tuple[float, float]] = {}
+        minos_valid: bool | None = None
+        if minos:
+            m.hesse()  # Minuit's own error matrix: MINOS's starting point only
+            minos_out, minos_valid = mn.minos(m, minos, label, require_valid=require_valid)
+        cov[np.ix_(free, free)] = np.nan if free_cov is None else free_cov
+        errors = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        if not hesse:
+            errors[free] = np.array(m.errors, dtype=np.float64)
+        fmin = m.fmin
+        status = FitStatus(
+            valid=bool(fmin.is_valid),
+            covariance_accurate=posdef if hesse else bool(fmin.has_accurate_covar),
+            covariance_posdef=posdef,
+            edm=float(fmin.edm),
+            nfcn=int(fmin.nfcn),
+            minos_valid=minos_valid,
+            covariance_method=ANALYTIC if hesse else "MIGRAD approximation",
+            at_limit=tuple(limited),
+        )
+        return FitResult(
+            names=model.names,
+            values=values,
+            errors=errors,
+            covariance=cov,
+            nll=float(fmin.fval),
+            status=status,
+            minos=minos_out,
+        )
+
+
 def fit(
     model: Model,
     observed: np.ndarray,
@@ -600,61 +902,14 @@ def fit(
     With ``hesse`` the covariance is the inverse of the **analytic Hessian** of the free
     parameters at the minimum (fixed parameters are not parameters of the fit; a parameter on
     one of its limits is excluded, its error 0, and named in ``status.at_limit``).  Without it,
-    MIGRAD's approximation.  Raises :class:`FitError` naming the status when MIGRAD fails, the
-    Hessian is not positive definite or MINOS fails (unless ``require_valid`` is false, then the
-    status is returned).
+    MIGRAD's approximation (from the analytic Hessian unless a parameter is near a limit).
+    Raises :class:`FitError` naming the status when MIGRAD fails, the Hessian is not positive
+    definite or MINOS fails (unless ``require_valid`` is false, then the status is returned).
+    MIGRAD checks its minimum with the analytic Hessian where Minuit can use it
+    (:class:`_Fitter`).
     """
-    lik = Likelihood(model, observed, aux)
-    m, free = _minuit(lik, model, tolerance, strategy)
-    mn.migrad(m, label, require_valid=require_valid)
-    values = model.init.astype(np.float64).copy()
-    values[free] = np.array(m.values, dtype=np.float64)
-    cov = np.zeros((model.n_params, model.n_params))
-    limited: list[str] = []
-    if hesse:
-        hess = lik.hessian(values)[np.ix_(free, free)]
-        limits = [model.bounds[i] for i in free]
-        edge = mn.at_limit(values[free], lik.grad(values)[free], np.diag(hess), limits)
-        free_cov = mn.hessian_covariance(hess, edge)
-        limited = [model.names[i] for i in free[edge]]
-        posdef = free_cov is not None
-        if not posdef and require_valid:
-            raise FitError(
-                f"{label}: HESSE failed (analytic Hessian not positive definite; "
-                f"{mn.status_text(m.fmin)})"
-            )
-    else:
-        free_cov = mn.covariance(m)
-        posdef = bool(m.fmin.has_posdef_covar)
-    minos_out: dict[str, tuple[float, float]] = {}
-    minos_valid: bool | None = None
-    if minos:
-        m.hesse()  # Minuit's own error matrix: MINOS's starting point only
-        minos_out, minos_valid = mn.minos(m, minos, label, require_valid=require_valid)
-    cov[np.ix_(free, free)] = np.nan if free_cov is None else free_cov
-    errors = np.sqrt(np.maximum(np.diag(cov), 0.0))
-    if not hesse:
-        errors[free] = np.array(m.errors, dtype=np.float64)
-    fmin = m.fmin
-    status = FitStatus(
-        valid=bool(fmin.is_valid),
-        covariance_accurate=posdef if hesse else bool(fmin.has_accurate_covar),
-        covariance_posdef=posdef,
-        edm=float(fmin.edm),
-        nfcn=int(fmin.nfcn),
-        minos_valid=minos_valid,
-        covariance_method=ANALYTIC if hesse else "MIGRAD approximation",
-        at_limit=tuple(limited),
-    )
-    return FitResult(
-        names=model.names,
-        values=values,
-        errors=errors,
-        covariance=cov,
-        nll=float(fmin.fval),
-        status=status,
-        minos=minos_out,
-    )
+    fitter = _Fitter(model, observed, aux, tolerance=tolerance, strategy=strategy)
+    return fitter.run(hesse=hesse, minos=minos, label=label, require_valid=require_valid)
 
 
 def profile_nll(

@@ -17,6 +17,7 @@ the :class:`FitStatus`).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -94,11 +95,20 @@ def make_minuit(
     tolerance: float,
     strategy: int = 1,
     g2: Callable[[np.ndarray], np.ndarray] | None = None,
+    hessian: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> Any:
-    """A Minuit minimiser of the negative log-likelihood ``fcn`` (``errordef = 0.5``)."""
+    """A Minuit minimiser of the negative log-likelihood ``fcn`` (``errordef = 0.5``).
+
+    ``hessian`` (the analytic second derivatives) replaces the numerical HESSE, also the one
+    MIGRAD runs at strategy >= 1 to check its minimum.  ``g2`` is still handed over with it:
+    iminuit warns that it has no effect, but MIGRAD calls it when it meets a negative second
+    derivative (and fails without it).
+    """
     from iminuit import Minuit
 
-    m = Minuit(fcn, start, grad=grad, g2=g2, name=list(names))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="hessian overrides g2")
+        m = Minuit(fcn, start, grad=grad, g2=g2, hessian=hessian, name=list(names))
     m.errordef = Minuit.LIKELIHOOD
     m.tol = tolerance
     m.strategy = strategy
