@@ -483,3 +483,248 @@ def test_extra_columns_may_define_regions_when_every_layout_has_them():
     for name in cfg["samples"]["layouts"]:
         cfg["samples"]["layouts"][name]["columns"] = {"h_mass": "m_jj"}
     check_consistency(cfg)  # every layout defines it now
+
+
+# ---------------------------------------------------------------- 5. JES variations from branches
+JES_REGIONS = {"hi": "j1_pt >= 90 and met_pt >= 120", "lo": "j1_pt < 90 or met_pt < 120"}
+SIDES = {"jesUp": "Up", "jesDown": "Down"}
+
+
+@pytest.fixture(scope="module")
+def jes_file(tmp_path_factory):
+    """A NanoAOD-like TTree with NanoAOD-tools' JES branches (Jet_pt_jesTotalUp/Down, ...)."""
+    rng = np.random.default_rng(15)
+    n = 500
+    jets = random_jets(rng, n, max_jets=9)
+    counts = ak.num(jets["pt"])
+    total = int(ak.sum(counts))
+    met_pt, met_phi = 60 + rng.exponential(70, n), rng.uniform(-np.pi, np.pi, n)
+    v = vector.zip({k: jets[k] for k in ("pt", "eta", "phi", "mass")})
+    branches = {
+        "run": np.full(n, 1, dtype=np.uint32),
+        "luminosityBlock": np.full(n, 2, dtype=np.uint32),
+        "event": np.arange(n, dtype=np.uint64),
+        "Jet_pt": jets["pt"],
+        "Jet_eta": jets["eta"],
+        "Jet_phi": jets["phi"],
+        "Jet_mass": jets["mass"],
+        "Jet_btagDeepB": jets["btag"],
+        "Jet_Px": v.px,
+        "Jet_Py": v.py,
+        "Jet_Pz": v.pz,
+        "Jet_E": v.E,
+        "MET_pt": met_pt,
+        "MET_phi": met_phi,
+        "SoftActivityJetNjets5": rng.integers(0, 7, n).astype(np.int32),
+        "genWeight": np.where(rng.random(n) < 0.2, -1.0, 1.0),
+    }
+    for side, sign in (("Up", 1.0), ("Down", -1.0)):
+        shift = ak.unflatten(1.0 + sign * rng.uniform(0.02, 0.12, total), counts)
+        branches[f"Jet_pt_jesTotal{side}"] = jets["pt"] * shift
+        mass_shift = ak.unflatten(1.0 + sign * rng.uniform(0.0, 0.2, total), counts)
+        branches[f"Jet_mass_jesTotal{side}"] = jets["mass"] * mass_shift
+        vmet = met_pt * (1.0 + sign * rng.uniform(0.05, 0.25, n))
+        vphi = met_phi + rng.normal(0.0, 0.1, n)
+        branches[f"MET_pt_jesTotal{side}"] = vmet
+        branches[f"MET_phi_jesTotal{side}"] = vphi
+        branches[f"MET_px_jesTotal{side}"] = vmet * np.cos(vphi)
+        branches[f"MET_py_jesTotal{side}"] = vmet * np.sin(vphi)
+        # the parametrised variation written as branches (the cross-check with scale_jes)
+        unc = JES["constant"] + JES["over_pt"] / np.maximum(jets["pt"], 1.0)
+        branches[f"Jet_pt_param{side}"] = jets["pt"] * (1.0 + sign * unc)
+    branches["Jet_pt_short"] = jets["pt"][:, :1]  # one value per event: not one per jet
+    path = tmp_path_factory.mktemp("jes") / "nano_jes.root"
+    toy.write_tree(path, branches)
+    return path, branches
+
+
+def _jes_side(side: str, mode: str) -> dict:
+    if mode == "pt_only":
+        return {"pt": f"Jet_pt_jesTotal{side}"}
+    if mode == "cartesian":
+        return {
+            "pt": f"Jet_pt_jesTotal{side}",
+            "met": {"px": f"MET_px_jesTotal{side}", "py": f"MET_py_jesTotal{side}"},
+        }
+    return {
+        "pt": f"Jet_pt_jesTotal{side}",
+        "mass": f"Jet_mass_jesTotal{side}",
+        "met": {"pt": f"MET_pt_jesTotal{side}", "phi": f"MET_phi_jesTotal{side}"},
+    }
+
+
+def _jes_overlay(mode: str) -> dict:
+    """The layout of one test case: the nanoaod kind (the numpy reduction) or a custom layout
+    with jets as (Px, Py, Pz, E) (the awkward reduction)."""
+    jes = {"from": "branches", "up": _jes_side("Up", mode), "down": _jes_side("Down", mode)}
+    if mode == "cartesian":
+        return {
+            "kind": "custom",
+            "jets": {"px": "Jet_Px", "py": "Jet_Py", "pz": "Jet_Pz", "E": "Jet_E",
+                     "btag": "Jet_btagDeepB"},
+            "met": {"pt": "MET_pt", "phi": "MET_phi"},
+            "soft_activity": "SoftActivityJetNjets5",
+            "jes": jes,
+        }  # fmt: skip
+    return {"kind": "nanoaod", "btag_branch": "Jet_btagDeepB", "jes": jes}
+
+
+def _jes_reference(br: dict, i: int, var: str | None, mode: str) -> dict[str, float] | None:
+    """One event's cached columns under ``var`` (None: nominal), by hand from the branches: the
+    nominal selection and pair; the varied pT (and mass, MET) from the branches, or the mass
+    scaled by the pT ratio and the MET shifted by minus the jets' pT shifts (pair + additional
+    jets); the sums with ``vector`` (:func:`reference_event`)."""
+    pt, eta, phi = (np.asarray(br[f"Jet_{q}"][i], dtype=float) for q in ("pt", "eta", "phi"))
+    mass, btag = np.asarray(br["Jet_mass"][i], float), np.asarray(br["Jet_btagDeepB"][i], float)
+    good = [k for k in range(len(pt)) if pt[k] > 30.0 and abs(eta[k]) < 2.5]
+    if len(good) < 2:
+        return None
+    order = sorted(good, key=lambda k: -btag[k])  # stable: ties keep the file order
+    pair_idx, add_idx = order[:2], order[2:8]
+    met = (float(br["MET_pt"][i]), float(br["MET_phi"][i]))
+    soft = float(br["SoftActivityJetNjets5"][i])
+    if var is None:
+        vpt, vmass = pt, mass
+    else:
+        side = SIDES[var]
+        vpt = np.asarray(br[f"Jet_pt_jesTotal{side}"][i], dtype=float)
+        if mode == "full":
+            vmass = np.asarray(br[f"Jet_mass_jesTotal{side}"][i], dtype=float)
+        else:
+            vmass = mass * vpt / pt
+        if mode == "pt_only":
+            mx, my = met[0] * np.cos(met[1]), met[0] * np.sin(met[1])
+            for k in pair_idx + add_idx:
+                mx -= (vpt[k] - pt[k]) * np.cos(phi[k])
+                my -= (vpt[k] - pt[k]) * np.sin(phi[k])
+            met = (float(np.hypot(mx, my)), float(np.arctan2(my, mx)))
+        elif mode == "cartesian":
+            mx, my = br[f"MET_px_jesTotal{side}"][i], br[f"MET_py_jesTotal{side}"][i]
+            met = (float(np.hypot(mx, my)), float(np.arctan2(my, mx)))
+        else:
+            met = (float(br[f"MET_pt_jesTotal{side}"][i]), float(br[f"MET_phi_jesTotal{side}"][i]))
+    pair = [(vpt[k], eta[k], phi[k], vmass[k], btag[k]) for k in pair_idx]
+    add = [(vpt[k], eta[k], phi[k]) for k in add_idx]
+    return reference_event(pair, add, met, soft)
+
+
+def _region(ref: dict[str, float]) -> str:
+    return "hi" if ref["j1_pt"] >= 90 and ref["met_pt"] >= 120 else "lo"
+
+
+@pytest.mark.parametrize("mode", ["full", "pt_only", "cartesian"])
+def test_jes_from_branches_matches_hand_computation(jes_file, tmp_path, mode):
+    """The JES variations read from branches, set up by a config overlay alone: every varied
+    column equals the hand computation from the varied branches, and events migrate between
+    regions as the varied columns say."""
+    import yaml
+
+    path, br = jes_file
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"samples": {"layouts": {"jes": _jes_overlay(mode)}}}))
+    cfg = config.load_config([REPO / "config" / "config.yaml", overlay])
+    layout = cfg["samples"]["layouts"]["jes"]
+    frame, stats = _cache(path, layout, preselection="pt_jj > 0", regions=JES_REGIONS)
+    rows = [i for i in range(len(br["event"])) if _jes_reference(br, i, None, mode) is not None]
+    assert stats["n_pair"] == len(rows) == len(frame) and 0 < len(rows) < len(br["event"])
+    assert frame["event"].tolist() == rows
+    nominal = [_jes_reference(br, i, None, mode) for i in rows]
+    assert_columns(frame, nominal)  # type: ignore[arg-type]
+    assert frame["region"].tolist() == [_region(r) for r in nominal]  # type: ignore[arg-type]
+    for var in ("jesUp", "jesDown"):
+        ref = [_jes_reference(br, i, var, mode) for i in rows]
+        renamed = frame[[f"{c}_{var}" for c in cache.VARIED_COLUMNS]].rename(
+            columns=lambda c: c.rsplit("_", 1)[0]
+        )
+        assert_columns(renamed, [{c: r[c] for c in cache.VARIED_COLUMNS} for r in ref])  # type: ignore[index]
+        want = [_region(r) for r in ref]  # type: ignore[arg-type]
+        assert frame[f"region_{var}"].tolist() == want
+        moved = frame[f"region_{var}"].astype(str) != frame["region"].astype(str)
+        assert moved.sum() > 0  # events migrate under the variation
+    # the structure downstream of the cache is that of the parametrised variations
+    parametrised = {k: v for k, v in layout.items() if k != "jes"}
+    ref_frame, _ = _cache(path, parametrised, preselection="pt_jj > 0", regions=JES_REGIONS)
+    assert list(frame.columns) == list(ref_frame.columns)
+    assert frame.dtypes.to_dict() == ref_frame.dtypes.to_dict()
+
+
+def test_jes_branches_of_the_parametrised_scaling_reproduce_it(jes_file):
+    """Branches holding the parametrised scaling give the parametrised variations (pT only: the
+    mass scaled and the MET propagated as scale_jes does)."""
+    path, _ = jes_file
+    nano = _layout({"kind": "nanoaod", "btag_branch": "Jet_btagDeepB"})
+    jes = {"from": "branches", "up": {"pt": "Jet_pt_paramUp"}, "down": {"pt": "Jet_pt_paramDown"}}
+    frame, _ = _cache(path, {**nano, "jes": jes}, regions=JES_REGIONS)
+    ref, _ = _cache(path, nano, regions=JES_REGIONS)
+    assert list(frame.columns) == list(ref.columns) and len(frame) == len(ref) > 0
+    for col in frame.columns:
+        if col.startswith("region"):
+            assert frame[col].tolist() == ref[col].tolist(), col
+        else:
+            np.testing.assert_allclose(frame[col], ref[col], rtol=1e-6, atol=1e-6, err_msg=col)
+
+
+def test_jes_branches_not_read_for_data(jes_file, tmp_path):
+    """Data read no JES branches (a data file without them caches, without varied columns)."""
+    _, br = jes_file
+    data = tmp_path / "data.root"
+    toy.write_tree(data, {k: v for k, v in br.items() if "jesTotal" not in k})
+    layout = _layout(_jes_overlay("full"))
+    frame, stats = _cache(data, layout, is_mc=False)
+    assert len(frame) == stats["n_pair"] > 0
+    assert not any(c.endswith(("_jesUp", "_jesDown")) for c in frame.columns)
+
+
+def test_jes_branch_errors(jes_file):
+    import re
+
+    path, _ = jes_file
+    layout = _layout(_jes_overlay("full"))
+    typo = {
+        **layout,
+        "jes": {**layout["jes"], "up": {**layout["jes"]["up"], "pt": "Jet_pt_jesTotlUp"}},
+    }
+    with pytest.raises(
+        InputError,
+        match=rf"branch 'Jet_pt_jesTotlUp' missing in {re.escape(str(path))} \(close matches: "
+        r"Jet_pt_jesTotalUp.*\); check the sample's layout "
+        r"\(samples\.layouts\.<name>\.jes\.up\.pt\)",
+    ):
+        _cache(path, typo)
+    met = {"pt": "MET_pt_jesTotalDown", "phi": "MET_phi_jesTotlDown"}
+    typo = {**layout, "jes": {**layout["jes"], "down": {"pt": "Jet_pt_jesTotalDown", "met": met}}}
+    with pytest.raises(InputError, match=r"'MET_phi_jesTotlDown' missing .*jes\.down\.met\.phi"):
+        _cache(path, typo)
+    # a per-jet branch with the wrong number of values (both reductions)
+    for mode in ("full", "cartesian"):
+        short = _layout(_jes_overlay(mode))
+        short["jes"]["up"]["pt"] = "Jet_pt_short"
+        with pytest.raises(
+            DataError, match=rf"jet branch 'Jet_pt_short' of {re.escape(str(path))}"
+        ):
+            _cache(path, short)
+
+
+def test_jes_schema_rejects_typos():
+    side = {"pt": "Jet_pt_jesTotalUp"}
+    good = {"kind": "nanoaod", "jes": {"from": "branches", "up": side, "down": side}}
+    assert _layout(good)["jes"] == good["jes"]  # no defaults added inside jes
+    assert "jes" not in _layout({"kind": "nanoaod"})  # absent: parametrised
+    assert _layout({"kind": "nanoaod", "jes": {"from": "parametrised"}})["jes"]["from"]
+    cases = [
+        ({"from": "branches", "up": {"ptt": "a"}, "down": side}, r"up\.ptt.*did you mean 'pt'"),
+        ({"from": "branches", "up": side, "down": side, "dwn": side}, r"jes\.dwn.*'down'"),
+        ({"from": "branch", "up": side, "down": side}, r"jes\.from.*'parametrised', 'branches'"),
+        ({"from": "branches", "up": side}, r"'down' is a required property"),
+        ({"up": side, "down": side}, r"'from' is a required property"),
+        ({"from": "branches", "up": {"mass": "m"}, "down": side}, r"jes\.up.*'pt' is a required"),
+        ({"from": "parametrised", "up": side}, r"jes\.up.*with 'from: branches' only"),
+        ({"from": "branches", "up": {**side, "met": {"pt": "m"}}, "down": side}, r"jes\.up\.met"),
+        ({"from": "branches", "up": {**side, "met": {"pt": "m", "ph": "p"}}, "down": side},
+         r"jes\.up\.met\.ph.*did you mean 'phi'"),
+    ]  # fmt: skip
+    for jes, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            _layout({"kind": "nanoaod", "jes": jes})
+    with pytest.raises(ConfigError, match=r"flat layout reads its JES variations"):
+        _layout({"kind": "flat", "jes": good["jes"]})

@@ -8,7 +8,9 @@ Two input layouts are supported through the config, with no code change:
 * ``nanoaod``: CMS NanoAOD (jagged ``Jet_*`` collections).  The two b-jet candidates are the
   two selected jets with the highest b-tag score; additional jets are the other selected jets.
   JES variations are made by scaling every jet with the parametrised uncertainty and
-  propagating the change to MET.
+  propagating the change to MET (:func:`scale_jes`), or, with the layout's
+  ``jes: {from: branches}``, read from branches such as NanoAOD-tools' ``Jet_pt_jesTotalUp``
+  (:func:`branch_jes`; a custom layout declares the same).
 
 Both layouts are first brought to one standard structure (:class:`JetEvent`), from which
 :func:`derive` computes the same columns; regions are then evaluated per JES variation with the
@@ -362,12 +364,25 @@ def nanoaod_events(
     """
     from vhbb.data import layouts
 
-    red = layouts.reduce_custom(arrays, layouts.nanoaod_preset(layout), is_mc=False)
+    preset = layouts.nanoaod_preset(layout)
+    red = layouts.reduce_custom(arrays, preset, is_mc=False, variations=True)
     base = jet_event(red)
     out: dict[str | None, JetEvent] = {None: base}
-    for var, sign in (("jesUp", 1.0), ("jesDown", -1.0)):
-        out[var] = scale_jes(base, sign, layout["jes_uncertainty"])
+    out.update(jes_events(red, base, preset))
     return out, red.has_pair
+
+
+def jes_events(red, base: JetEvent, layout: Mapping[str, Any]) -> dict[str, JetEvent]:  # type: ignore[no-untyped-def]
+    """The ``jesUp`` / ``jesDown`` structures of a reduced custom-layout chunk: read from
+    branches (``red.jes``, the layout's ``jes: {from: branches}``, :func:`branch_jes`) or
+    parametrised (:func:`scale_jes` with ``jes_uncertainty``)."""
+    trig = _directions(base)
+    if red.jes:
+        return {var: branch_jes(base, red.jes[var], directions=trig) for var in VARIATIONS}
+    return {
+        var: scale_jes(base, sign, layout["jes_uncertainty"], directions=trig)
+        for var, sign in (("jesUp", 1.0), ("jesDown", -1.0))
+    }
 
 
 def jet_event(red) -> JetEvent:  # type: ignore[no-untyped-def]
@@ -514,6 +529,62 @@ def scale_jes(
     )
 
 
+def branch_jes(
+    ev: JetEvent,
+    varied: Mapping[str, np.ndarray],
+    *,
+    directions: Mapping[str, Any] | None = None,
+) -> JetEvent:
+    """One JES variation read from branches (a custom layout's ``jes: {from: branches}``).
+
+    ``varied`` (:attr:`vhbb.data.layouts.Reduced.jes`): the varied pT of the same jets as ``ev``
+    (``pair_pt`` (N, 2), ``add_pt`` (N, K), 0 in empty slots), optionally the varied pair mass
+    (``pair_mass``) and MET (``met_pt``, ``met_phi``).  Without a mass branch the nominal mass
+    is scaled by the ratio of varied to nominal pT (as :func:`scale_jes` scales it).  Without
+    MET branches the change is propagated to MET as :func:`scale_jes` does: the nominal MET
+    minus the vector sum of the pT shifts (varied - nominal) of the pair and the additional jets.
+    The jets' directions, b-tag and the soft activity are the nominal ones.
+    """
+    pair_pt = np.asarray(varied["pair_pt"], dtype=np.float64)
+    add_pt = np.asarray(varied["add_pt"], dtype=np.float64)
+    if "pair_mass" in varied:
+        mass = np.asarray(varied["pair_mass"], dtype=np.float64)
+    else:
+        with np.errstate(all="ignore"):
+            mass = ev.jet_mass * np.where(ev.jet_pt != 0, pair_pt / ev.jet_pt, 1.0)
+    if "met_pt" in varied:
+        met_pt = np.asarray(varied["met_pt"], dtype=np.float64)
+        met_phi = np.asarray(varied["met_phi"], dtype=np.float64)
+    else:
+        trig = _directions(ev) if directions is None else directions
+        d_pair = pair_pt - ev.jet_pt
+        d_add = add_pt - ev.add_pt  # empty slots: 0 - 0
+        with np.errstate(all="ignore"):
+            cos_add, sin_add = np.cos(ev.add_phi), np.sin(ev.add_phi)
+            dpx = _rowsum(d_pair * trig["cos_jet"]) + _rowsum(
+                np.where(d_add != 0, d_add * cos_add, 0.0)
+            )
+            dpy = _rowsum(d_pair * trig["sin_jet"]) + _rowsum(
+                np.where(d_add != 0, d_add * sin_add, 0.0)
+            )
+        mx = ev.met_pt * trig["cos_met"] - dpx
+        my = ev.met_pt * trig["sin_met"] - dpy
+        met_pt, met_phi = np.hypot(mx, my), np.arctan2(my, mx)
+    return JetEvent(
+        jet_pt=pair_pt,
+        jet_eta=ev.jet_eta,
+        jet_phi=ev.jet_phi,
+        jet_mass=mass,
+        jet_btag=ev.jet_btag,
+        add_pt=add_pt,
+        add_eta=ev.add_eta,
+        add_phi=ev.add_phi,
+        met_pt=met_pt,
+        met_phi=met_phi,
+        soft_activity=ev.soft_activity,
+    )
+
+
 # ---------------------------------------------------------------------------- regions
 def variation_namespace(columns: Mapping[str, np.ndarray], variation: str | None) -> dict:
     """Columns as seen by a selection under ``variation`` (varied columns replace nominal)."""
@@ -597,7 +668,11 @@ def _open_tree(path: str, tree: str):  # type: ignore[no-untyped-def]
         ) from None
 
 
-def _check_branches(ttree, path: str, needed: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _check_branches(
+    ttree, path: str, needed: list[str], keys: Mapping[str, str] | None = None
+) -> None:  # type: ignore[no-untyped-def]
+    """Raise :class:`InputError` naming the first missing branch of ``needed``, its closest
+    names and, for a branch in ``keys``, the layout key that names it."""
     try:
         available = set(ttree.keys())
     except Exception as exc:
@@ -611,7 +686,9 @@ def _check_branches(ttree, path: str, needed: list[str]) -> None:  # type: ignor
             raise InputError(
                 f"branch '{name}' missing in {path}"
                 + (f" (close matches: {', '.join(close)})" if close else "")
-                + "; check the sample's layout (samples.layouts) or the input file."
+                + "; check the sample's layout (samples.layouts"
+                + (f".<name>.{keys[name]}" if keys and name in keys else "")
+                + ") or the input file."
             )
 
 
@@ -645,7 +722,8 @@ def cache_file(
     else:
         needed = layouts.custom_branches(layout, is_mc)
         weight_branch = str(layout.get("weight", "genWeight"))
-    _check_branches(ttree, path, needed)
+    jes_keys = layouts.jes_keys(layout) if kind == "custom" and is_mc else {}
+    _check_branches(ttree, path, needed, jes_keys)
     extra = _correction_branches(ttree, path, layout, is_mc)
     ratios = _flat_ratio_branches(ttree, path, layout, is_mc) if kind == "flat" else []
     needed = list(dict.fromkeys([*needed, *extra, *ratios]))
@@ -805,9 +883,7 @@ def _process_chunk(
         base = jet_event(red)
         variations = {None: base}
         if is_mc:
-            trig = _directions(base)
-            for var, sign in (("jesUp", 1.0), ("jesDown", -1.0)):
-                variations[var] = scale_jes(base, sign, layout["jes_uncertainty"], directions=trig)
+            variations.update(jes_events(red, base, layout))
         has_pair = red.has_pair
         keys = dict(red.keys)
         event_ns = red.namespace

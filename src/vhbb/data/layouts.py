@@ -19,6 +19,11 @@ A layout of ``kind: custom`` (``samples.layouts.<name>``) says where every ingre
       columns: {h_mass: H_mass}            # extra cached columns: safe expressions
       weight: genWeight * puWeight         # MC event weight: safe expression over branches
       normalisation: {from: runs, tree: Runs, branch: genEventSumw}   # or events / value
+      jes:                                 # JES variations from branches (absent: parametrised)
+        from: branches
+        up: {pt: Jet_pt_jesTotalUp, mass: Jet_mass_jesTotalUp,
+             met: {pt: MET_pt_jesTotalUp, phi: MET_phi_jesTotalUp}}
+        down: {pt: Jet_pt_jesTotalDown}    # mass and met are optional
 
 Jets pass the layout's ``jet_pt_min`` / ``jet_eta_max`` (and ``jet_id``, a branch, with
 ``jet_id_min``).  The b-jet pair is the two selected jets of highest b-tag (``btag``) or pT
@@ -26,6 +31,19 @@ Jets pass the layout's ``jet_pt_min`` / ``jet_eta_max`` (and ``jet_id``, a branc
 negative index means no pair, an index past the collection is an error).  Additional jets are
 the other selected jets (b-tag or pT order, or file order for ``index``).  The ``nanoaod`` kind is
 the preset :func:`nanoaod_preset` of this one (the same output as before).
+
+The JES variations (``jesUp`` / ``jesDown``, MC only) are parametrised by default (every
+selected jet scaled by ``jes_uncertainty``, :func:`vhbb.data.cache.scale_jes`).  With
+``jes: {from: branches, up: ..., down: ...}`` (:func:`jes_sides`) they are read from branches
+instead, e.g. NanoAOD-tools' ``Jet_pt_jesTotalUp``: per side the varied jet pT (``pt``, a
+per-jet branch of the jet collection), optionally the varied jet mass (``mass``; absent: the
+nominal mass scaled by the ratio of varied to nominal pT, as the parametrised variation does)
+and the varied MET (``met``: ``{pt, phi}`` or ``{px, py}``; absent: the nominal MET minus the
+vector sum of the pT shifts of the pair and the additional jets, as the parametrised variation
+propagates them, :func:`vhbb.data.cache.branch_jes`).  In both cases the jets keep the identity
+they have in the nominal selection (the same pair and additional jets, selected with the
+nominal pT); only their pT and mass change, and ``n_add_jets`` counts them with
+``add_jet_pt_min`` on the varied pT.
 """
 
 from __future__ import annotations
@@ -44,6 +62,10 @@ KEY_COLUMNS = ("run", "luminosityBlock", "event")
 JET_FIELDS = ("pt", "eta", "phi", "mass", "btag")
 PAIR_CHOICES = ("btag", "pt", "index")
 JET_SETS = ("pair", "selected", "all")
+# the JES variations and the sides of ``jes`` that give them (``jes.from: branches``)
+JES_SIDES = (("jesUp", "up"), ("jesDown", "down"))
+JES_SOURCES = ("parametrised", "branches")
+_JES_FIELD = "jes:"  # prefix of the internal per-jet fields holding the varied quantities
 N_ADD_SLOTS = 6  # additional-jet slots of the standard structure (vhbb.data.cache)
 
 
@@ -70,6 +92,9 @@ class Reduced:
     namespace: dict[str, np.ndarray] = field(default_factory=dict)  # event-level branches
     padded: dict[str, np.ndarray] | None = None  # pair_<q> (N, 2), add_<q> (N, K), float64
     lazy_jets: Callable[[], tuple[Any, Any, Any]] | None = None  # -> (pair, add, all_jets)
+    # JES variations read from branches (empty: parametrised): variation -> pair_pt (N, 2),
+    # add_pt (N, K), optionally pair_mass (N, 2) and met_pt, met_phi (N,), float64
+    jes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def _awkward(self) -> None:
         if self.pair is None and self.lazy_jets is not None:
@@ -147,6 +172,74 @@ def met_branches(met: Mapping[str, str]) -> dict[str, str]:
     )
 
 
+def jes_sides(layout: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The JES variations read from branches: ``jesUp`` / ``jesDown`` -> the side's branches
+    ``{pt, mass (optional), met (optional: {pt, phi} or {px, py})}``; empty when the variations
+    are parametrised (``jes`` absent or ``jes.from: parametrised``)."""
+    jes = layout.get("jes") or {}
+    source = jes.get("from", "parametrised")
+    if source not in JES_SOURCES:
+        raise ConfigError(
+            f"config error at 'samples.layouts.<name>.jes.from': unknown '{source}'; use one of "
+            f"{', '.join(JES_SOURCES)}"
+        )
+    if source == "parametrised":
+        return {}
+    out = {}
+    for var, side in JES_SIDES:
+        spec = jes.get(side) or {}
+        if not isinstance(spec.get("pt"), str):
+            raise ConfigError(
+                f"config error at 'samples.layouts.<name>.jes.{side}': 'from: branches' needs "
+                f"the branch of the varied jet pT ({side}: {{pt: Jet_pt_jesTotal"
+                f"{side.capitalize()}}})"
+            )
+        if spec.get("met") is not None:
+            met_branches(spec["met"])  # {pt, phi} or {px, py}
+        out[var] = dict(spec)
+    return out
+
+
+def jes_branches(layout: Mapping[str, Any]) -> list[str]:
+    """The branches of the JES variations read from branches (none when parametrised)."""
+    names: list[str] = []
+    for spec in jes_sides(layout).values():
+        names += [spec[q] for q in ("pt", "mass") if spec.get(q)]
+        if spec.get("met") is not None:
+            names += list(met_branches(spec["met"]).values())
+    return list(dict.fromkeys(names))
+
+
+def jes_keys(layout: Mapping[str, Any]) -> dict[str, str]:
+    """Branch of the JES variations -> the layout key naming it (e.g. ``jes.up.pt``), for the
+    missing-branch message."""
+    out: dict[str, str] = {}
+    sides = jes_sides(layout)
+    for var, side in JES_SIDES:
+        spec = sides.get(var) or {}
+        for q in ("pt", "mass"):
+            if spec.get(q):
+                out.setdefault(spec[q], f"jes.{side}.{q}")
+        for q, branch in met_branches(spec["met"]).items() if spec.get("met") else ():
+            out.setdefault(branch, f"jes.{side}.met.{q}")
+    return out
+
+
+def _with_jes_fields(layout: Mapping[str, Any], sides: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``layout`` with the varied per-jet branches as internal jet fields ``jes:<var>:<q>`` (so
+    both reductions carry them with the jets they belong to)."""
+    if not sides:
+        return layout
+    jets = dict(layout["jets"])
+    fields = dict(jets.get("fields") or {})
+    for var, spec in sides.items():
+        for q in ("pt", "mass"):
+            if spec.get(q):
+                fields[f"{_JES_FIELD}{var}:{q}"] = spec[q]
+    jets["fields"] = fields
+    return {**layout, "jets": jets}
+
+
 def _index_branches(layout: Mapping[str, Any]) -> list[str]:
     pair = layout.get("pair") or {}
     if pair.get("choice", "btag") != "index":
@@ -186,6 +279,8 @@ def custom_branches(layout: Mapping[str, Any], is_mc: bool, extra: Sequence[str]
     names += list(met_branches(layout.get("met") or {}).values())
     names += _index_branches(layout)
     names += sorted(expression_branches(layout, is_mc) | set(extra))
+    if is_mc:
+        names += jes_branches(layout)
     return list(dict.fromkeys(names))
 
 
@@ -285,9 +380,12 @@ def reduce_custom(
     path: str = "<input>",
     first: int = 0,
     extra: Sequence[str] = (),
+    variations: bool | None = None,
 ) -> Reduced:
     """Reduce one chunk of a custom layout (``first``: the entry number of its first event;
-    ``extra``: more event-level branches to keep in the namespace, e.g. correction inputs).
+    ``extra``: more event-level branches to keep in the namespace, e.g. correction inputs;
+    ``variations``: read the JES variations of ``jes: {from: branches}`` into ``Reduced.jes``,
+    by default for MC only).
 
     Jets given as (pt, eta, phi, mass) in plain jagged branches with a pair chosen by b-tag or
     pT take a numpy path (:func:`_fast_jets`; the same values as the awkward one, which the
@@ -295,25 +393,45 @@ def reduce_custom(
     """
     import awkward as ak
 
+    sides = jes_sides(layout) if (is_mc if variations is None else variations) else {}
+    jet_layout = _with_jes_fields(layout, sides)
     choice = (layout.get("pair") or {}).get("choice", "btag")
-    fast = _fast_jets(arrays, layout, choice) if choice in ("btag", "pt") else None
+    fast = _fast_jets(arrays, jet_layout, choice) if choice in ("btag", "pt") else None
     padded: dict[str, np.ndarray] | None = None
     lazy = None
+    jes: dict[str, dict[str, np.ndarray]] = {}
     if fast is None:
-        pair, add, all_jets, has_pair, n = _awkward_jets(arrays, layout, path, first)
+        if sides:
+            _check_jet_counts(arrays, jet_layout, path, first)
+        pair, add, all_jets, has_pair, n = _awkward_jets(arrays, jet_layout, path, first)
+        if sides:
+            for var, spec in sides.items():
+                jes[var] = {"pair_pt": two(pair[f"{_JES_FIELD}{var}:pt"])}
+                jes[var]["add_pt"] = pad(add[f"{_JES_FIELD}{var}:pt"], N_ADD_SLOTS)
+                if spec.get("mass"):
+                    jes[var]["pair_mass"] = two(pair[f"{_JES_FIELD}{var}:mass"])
+            pair, add, all_jets = (_drop_jes_fields(x) for x in (pair, add, all_jets))
     else:
         padded, has_pair, n = fast
         pair = add = all_jets = None
+        for var, spec in sides.items():
+            jes[var] = {
+                "pair_pt": padded.pop(f"pair_{_JES_FIELD}{var}:pt"),
+                "add_pt": padded.pop(f"add_{_JES_FIELD}{var}:pt"),
+            }
+            if spec.get("mass"):
+                jes[var]["pair_mass"] = padded.pop(f"pair_{_JES_FIELD}{var}:mass")
+        for key in [k for k in padded if _JES_FIELD in k]:
+            del padded[key]
 
         def lazy():  # type: ignore[no-untyped-def]
             return _awkward_jets(arrays, layout, path, first)[:3]
 
-    met = met_branches(layout["met"])
-    if "pt" in met:
-        met_pt, met_phi = _np(arrays[met["pt"]]), _np(arrays[met["phi"]])
-    else:
-        mx, my = _np(arrays[met["px"]]), _np(arrays[met["py"]])
-        met_pt, met_phi = np.hypot(mx, my), np.arctan2(my, mx)
+    met_pt, met_phi = _read_met(arrays, layout["met"])
+    for var, spec in sides.items():
+        if spec.get("met") is not None:
+            vpt, vphi = _read_met(arrays, spec["met"])
+            jes[var]["met_pt"], jes[var]["met_phi"] = vpt[has_pair], vphi[has_pair]
     ns = {name: arrays[name] for name in _event_names(layout, is_mc, arrays, extra)}
     ns = {k: _np(v) for k, v in ns.items()}
     soft = (
@@ -347,7 +465,41 @@ def reduce_custom(
         namespace={k: v[has_pair] for k, v in ns.items()},
         padded=padded,
         lazy_jets=lazy,
+        jes=jes,
     )
+
+
+def _read_met(arrays: Mapping[str, Any], met_cfg: Mapping[str, str]) -> tuple[np.ndarray, ...]:
+    """(pt, phi) of MET given as {pt, phi} or {px, py} branches, float64."""
+    met = met_branches(met_cfg)
+    if "pt" in met:
+        return _np(arrays[met["pt"]]), _np(arrays[met["phi"]])
+    mx, my = _np(arrays[met["px"]]), _np(arrays[met["py"]])
+    return np.hypot(mx, my), np.arctan2(my, mx)
+
+
+def _drop_jes_fields(records):  # type: ignore[no-untyped-def]
+    """Jet records without the internal ``jes:`` fields (the corrections see the others)."""
+    return records[[f for f in records.fields if not f.startswith(_JES_FIELD)]]
+
+
+def _check_jet_counts(
+    arrays: Mapping[str, Any], layout: Mapping[str, Any], path: str, first: int = 0
+) -> None:
+    """Every per-jet branch (the JES ones included) holds one value per jet of the collection."""
+    import awkward as ak
+
+    branches = list(dict.fromkeys(jet_branches(layout["jets"]).values()))
+    ref = ak.to_numpy(ak.num(_jagged(arrays[branches[0]])))
+    for branch in branches[1:]:
+        got = ak.to_numpy(ak.num(_jagged(arrays[branch])))
+        if not np.array_equal(got, ref):
+            i = int(np.flatnonzero(got != ref)[0])
+            raise DataError(
+                f"jet branch '{branch}' of {path} holds {int(got[i])} values in an event where "
+                f"'{branches[0]}' holds {int(ref[i])} (entry {first + i}): a per-jet branch "
+                "(jets, jes.up/down.pt/mass) must hold one value per jet of the collection"
+            )
 
 
 def _awkward_jets(
@@ -481,8 +633,11 @@ def _fast_jets(
 
     # (N, K) arrays in column-major order (each slot contiguous), float64
     padded = {f"pair_{q}": raw(q)[pair].astype(f8).T for q in JET_FIELDS}
-    for q in ("pt", "eta", "phi"):
-        values = raw(q)
+    jes = [k.split(":", 1)[1] for k in parts if k.startswith(f"field:{_JES_FIELD}")]
+    for q in jes:  # the varied pT and mass (jes:<var>:<q>) of the same jets
+        padded[f"pair_{q}"] = parts[f"field:{q}"][1][pair].astype(f8).T
+    for q in ("pt", "eta", "phi", *(q for q in jes if q.endswith(":pt"))):
+        values = raw(q) if q in ("pt", "eta", "phi") else parts[f"field:{q}"][1]
         out = np.zeros((N_ADD_SLOTS, len(ng)))
         for k, (rows, jets) in enumerate(zip(add_rows, add_jets, strict=True)):
             out[k, rows] = values[jets]
