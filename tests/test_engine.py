@@ -159,3 +159,99 @@ def test_signed_weight_failures_are_flagged():
         {"epoch": i, "clf/bce": 0.6 - 0.01 * i, "val/bce": 0.6 - 0.005 * i} for i in range(6)
     ]
     assert signed_weight_warnings(healthy, "raw") == []
+
+
+# ----------------------------------------------------------------------------- validation interval
+def run_every(every, tmp=None, patience=3, kill_at_call=None):  # type: ignore[no-untyped-def]
+    """The setup's training validated every ``every`` epochs, early stopping on ``CURVE``."""
+    nets, opts, data, phases = setup()
+    calls = []
+
+    def v():  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if kill_at_call is not None and len(calls) == kill_at_call:
+            raise Killed
+        return {"val/seen": float(len(calls))}
+
+    rule = engine.EarlyStopping(objective=lambda e: CURVE[e["epoch"]], patience=patience)
+    hist = engine.train(
+        nets, opts, data, phases, batch_size=64, seed=5, validate=v, checkpoint_dir=tmp,
+        checkpoint_every=2, early_stopping=rule, progress=False, validate_every=every,
+    )  # fmt: skip
+    return nets["net"], hist
+
+
+def test_validation_interval_and_early_stopping_record_are_consistent():
+    _, hist = run_every(3)
+    validated = [e["epoch"] for e in hist.epochs if e["validated"]]
+    assert validated == [3, 6]  # CURVE: 2 at epoch 3, 5 at 6 (3 epochs without improvement)
+    assert all("val/seen" in e and "val/objective" in e for e in hist.epochs if e["validated"])
+    assert not any(
+        "val/seen" in e or "val/objective" in e for e in hist.epochs if not e["validated"]
+    )
+    assert (hist.best_epoch, hist.stop_epoch) == (3, 6)
+    assert hist.stop_epoch - hist.best_epoch >= 3  # patience counts epochs, not validations
+    assert hist.validate_every == {"main": 3} and hist.to_dict()["validate_every"] == {"main": 3}
+    assert "early stopping at epoch 6" in hist.stopped and "best epoch 3" in hist.stopped
+    # every epoch validated: the interval 1 is the former behaviour
+    _, each = run_every(1)
+    assert all(e["validated"] for e in each.epochs) and (each.best_epoch, each.stop_epoch) == (4, 7)
+
+
+def test_phase_interval_overrides_and_last_epoch_of_a_phase_is_validated():
+    nets, opts, data, phases = setup()
+    step = phases[0].steps
+    phases = [
+        engine.Phase("pre", 5, step, {"net": 0.01}, validate_every=2),
+        engine.Phase("main", 4, step, {"net": 0.01}),
+    ]
+    hist = engine.train(nets, opts, data, phases, batch_size=64, seed=5, validate=lambda: {},
+                        progress=False, validate_every=3)  # fmt: skip
+    assert [e["epoch"] for e in hist.epochs if e["validated"]] == [2, 4, 5, 8, 9]
+    assert hist.validate_every == {"pre": 2, "main": 3}
+    with pytest.raises(ValueError, match="validate_every"):
+        engine.train(nets, opts, data, phases, batch_size=64, seed=5, progress=False,
+                     validate_every=0)  # fmt: skip
+
+
+def test_two_runs_with_the_same_seed_give_identical_weights(tmp_path):
+    a, ha = run_every(2, tmp_path / "a")
+    b, hb = run_every(2, tmp_path / "b")
+    assert [e["epoch"] for e in ha.epochs] == [e["epoch"] for e in hb.epochs]
+    for k, t in a.state_dict().items():
+        assert torch.equal(t, b.state_dict()[k])
+
+
+@pytest.mark.parametrize("kill_at_call", [2, 3])
+def test_resume_with_a_validation_interval_equals_uninterrupted(tmp_path, kill_at_call):
+    ref, ref_hist = run_every(2, patience=4)
+    with pytest.raises(Killed):
+        run_every(2, tmp_path, patience=4, kill_at_call=kill_at_call)
+    net, hist = run_every(2, tmp_path, patience=4)
+    assert (hist.best_epoch, hist.stop_epoch) == (ref_hist.best_epoch, ref_hist.stop_epoch)
+    for k, t in net.state_dict().items():
+        assert torch.equal(t, ref.state_dict()[k])
+
+
+def test_a_batch_slices_only_what_the_objective_reads():
+    seen = {}
+    data = {"x": torch.arange(10.0), "y": torch.arange(10.0) * 2, "unused": torch.zeros(10)}
+    batch = engine._Batch(data, torch.tensor([1, 3]))
+    assert "unused" in batch and "nope" not in batch and sorted(batch) == ["unused", "x", "y"]
+    seen["y"] = batch["y"]
+    assert torch.equal(seen["y"], torch.tensor([2.0, 6.0])) and batch["y"] is seen["y"]
+    assert set(batch._cache) == {"y"} and batch.get("nope") is None
+
+
+def test_the_spec_interval_reaches_every_phase_of_a_method():
+    from vhbb.ml import methods
+    from vhbb.ml.methods.base import Context
+    from vhbb.ml.networks import Classifier
+
+    clf = Classifier(3, [0, 1, 2], [0.0] * 3, [1.0] * 3, [8])
+    spec = {"lr": 0.01, "optimizer": "adam", "epochs": 4, "disco": {"lambda": 1.0}}
+    for name in ("none", "disco"):
+        plan = methods.get(name).build(Context({**spec, "validate_every": 2}, clf, "cpu"))
+        assert [p.validate_every for p in plan.phases] == [2]
+        plan = methods.get(name).build(Context(spec, clf, "cpu"))
+        assert [p.validate_every for p in plan.phases] == [None]

@@ -122,8 +122,9 @@ def test_deterministic_on_cpu(sr_data):
 
 def test_resume_equals_uninterrupted(sr_data, tmp_path):
     """Interrupt a run after epoch 3 (an exception at the 4th validation), resume from the
-    checkpoint: the model equals an uninterrupted run's, bit for bit (CPU)."""
-    spec = _spec("adversarial", epochs=2)
+    checkpoint: the model equals an uninterrupted run's, bit for bit (CPU).  Every epoch is
+    validated here (``validate_every: 1``), so the 4th validation is the 4th epoch."""
+    spec = _spec("adversarial", epochs=2, validate_every=1)
     full, _ = _fit(sr_data, spec)
     ckpt = tmp_path / "ckpt"
     calls = {"n": 0}

@@ -14,7 +14,11 @@ The weight-transformation network and every classifier method (:mod:`vhbb.ml.met
   the device and read once per epoch, non-finite flags likewise (no host sync per step);
 * checkpoints every N epochs (atomic, with the RNG states) and resume after an interruption give
   the same model as an uninterrupted run on CPU; a non-finite loss stops the training with the
-  epoch and the term named, keeping the last good checkpoint.
+  epoch and the term named, keeping the last good checkpoint;
+* a batch slices only the tensors its objective reads (:class:`_Batch`, on first access);
+* validation runs every ``validate_every`` epochs of a phase (and at each phase's last epoch);
+  early stopping's patience counts epochs, so a stop lands at the same distance from the best
+  epoch whatever the validation interval.  Which epochs were validated is in the history.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from vhbb.core.errors import VhbbError
 
 log = logging.getLogger(__name__)
 
-Batch = dict[str, Any]
+Batch = Mapping[str, Any]
 Objective = Callable[[Mapping[str, Any], Batch], dict[str, Any]]
 
 
@@ -57,6 +61,13 @@ class Phase:
     epochs: int
     steps: list[Step]
     lr: dict[str, float] = field(default_factory=dict)  # per network; missing: unchanged
+    #: validate every this many epochs of the phase (its last epoch always); None: the
+    #: ``validate_every`` of :func:`train`
+    validate_every: int | None = None
+
+    def validated(self, epoch_in_phase: int, every: int) -> bool:
+        """Whether the phase's epoch ``epoch_in_phase`` (0-based) runs the validation."""
+        return (epoch_in_phase + 1) % every == 0 or epoch_in_phase == self.epochs - 1
 
 
 @dataclass
@@ -67,9 +78,10 @@ class EarlyStopping:
     monitored number, named ``monitor`` in the history; lower is better (``mode="min"``) or
     higher (``"max"``).  An improvement must beat the best by more than ``min_delta``.  Only
     epochs of the ``phases`` named (all when ``None``) are monitored, so pre-training phases
-    never stop a training.  At the end (stopped or not) the networks are restored to the best
-    monitored epoch.  The tracker's state travels in every checkpoint, so a resumed training
-    stops at the same epoch with the same result.
+    never stop a training, and only validated epochs (see :attr:`Phase.validate_every`):
+    ``patience`` counts epochs since the best, not validations.  At the end (stopped or not)
+    the networks are restored to the best monitored epoch.  The tracker's state travels in
+    every checkpoint, so a resumed training stops at the same epoch with the same result.
     """
 
     objective: Callable[[Mapping[str, Any]], float]
@@ -95,6 +107,7 @@ class _Tracker:
     best_epoch: int | None = None
     bad_epochs: int = 0
     best_networks: dict[str, Any] | None = None
+    last_epoch: int | None = None  # the last monitored (validated) epoch
 
     def update(
         self, epoch: int, phase: str, entry: dict[str, Any], networks: Mapping[str, Any]
@@ -104,6 +117,8 @@ class _Tracker:
             return False
         value = float(self.rule.objective(entry))
         entry[self.rule.monitor] = value
+        elapsed = 1 if self.last_epoch is None else epoch - self.last_epoch
+        self.last_epoch = epoch
         sign = 1.0 if self.rule.mode == "min" else -1.0
         improved = math.isfinite(value) and (
             self.best_value is None or sign * (self.best_value - value) > self.rule.min_delta
@@ -115,7 +130,7 @@ class _Tracker:
                 for k, net in networks.items()
             }
             return False
-        self.bad_epochs += 1
+        self.bad_epochs += elapsed  # epochs, not validations, since the last check
         return self.bad_epochs >= self.rule.patience
 
     def restore_best(self, networks: Mapping[str, Any]) -> None:
@@ -129,6 +144,7 @@ class _Tracker:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "best_networks": self.best_networks,
+            "last_epoch": self.last_epoch,
         }
 
     def load(self, state: Mapping[str, Any]) -> None:
@@ -136,6 +152,7 @@ class _Tracker:
         self.best_epoch = state["best_epoch"]
         self.bad_epochs = int(state["bad_epochs"])
         self.best_networks = state["best_networks"]
+        self.last_epoch = state.get("last_epoch")
 
 
 @dataclass
@@ -146,6 +163,9 @@ class History:
     best_epoch: int | None = None
     max_epochs: int | None = None
     monitor: str | None = None
+    #: phase name -> its validation interval in epochs (the validated epochs carry
+    #: ``"validated": True`` and the validation figures; the others ``"validated": False``)
+    validate_every: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -155,6 +175,7 @@ class History:
             "best_epoch": self.best_epoch,
             "max_epochs": self.max_epochs,
             "monitor": self.monitor,
+            "validate_every": dict(self.validate_every),
         }
 
 
@@ -323,6 +344,33 @@ def _set_learning_rates(
             group["lr"] = lr * factor
 
 
+class _Batch(Mapping[str, Any]):
+    """The rows ``idx`` of a dataset, each tensor sliced on first access (an objective that
+    reads ``x``, ``y`` and ``w`` does not pay for the gathers of the others)."""
+
+    __slots__ = ("_cache", "_data", "_idx")
+
+    def __init__(self, data: Mapping[str, Any], idx: Any) -> None:
+        self._data, self._idx = data, idx
+        self._cache: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self._cache[key]
+        except KeyError:
+            value = self._cache[key] = self._data[key][self._idx]
+            return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
 def _run_epoch(
     phase: Phase,
     n_iter: int,
@@ -346,7 +394,7 @@ def _run_epoch(
                 continue
             for _ in range(step.repeats):
                 idx = samplers[step.dataset].next()
-                batch = {k: v[idx] for k, v in datasets[step.dataset].items()}
+                batch = _Batch(datasets[step.dataset], idx)
                 terms = step.objective(networks, batch)
                 opt = optimizers[step.network]
                 opt.zero_grad(set_to_none=True)
@@ -392,6 +440,7 @@ def train(
     lr_decay: Mapping[str, Any] | None = None,
     early_stopping: EarlyStopping | None = None,
     progress: bool = True,
+    validate_every: int = 1,
 ) -> History:
     """Run ``phases`` on ``networks``; return the per-epoch history.
 
@@ -401,11 +450,19 @@ def train(
     ``datasets``: name -> dict of device tensors of equal length.  ``batch_size``: one value or a
     per-dataset mapping.  ``validate`` is called after every epoch (networks in eval mode) and
     its dict is stored in the history.  ``lr_decay``: ``{"every": E, "factor": f}`` multiplies
-    every learning rate by f every E epochs within a phase.
+    every learning rate by f every E epochs within a phase.  ``validate_every``: the validation
+    interval in epochs of the phases that set none (:attr:`Phase.validate_every`); a phase's
+    last epoch is always validated, and the history marks each epoch ``validated`` or not.
     """
     import torch
     from tqdm import tqdm
 
+    every = {
+        p.name: int(validate_every if p.validate_every is None else p.validate_every)
+        for p in phases
+    }
+    if min(every.values(), default=1) < 1:
+        raise ValueError(f"validate_every must be >= 1, got {every}")
     sizes = {name: len(next(iter(d.values()))) for name, d in datasets.items()}
     for name, n in sizes.items():
         if n == 0:
@@ -423,6 +480,7 @@ def train(
     total_epochs = sum(p.epochs for p in phases)
     history.max_epochs = total_epochs
     history.monitor = None if early_stopping is None else early_stopping.monitor
+    history.validate_every = every
     if tracker is not None and tracker.bad_epochs >= early_stopping.patience:
         start_epoch = total_epochs  # the checkpoint was written at the stopping epoch
     epoch = 0
@@ -461,12 +519,14 @@ def train(
                     f"in term(s) {', '.join(nonfinite)}{kept}. Lower the learning rate or check "
                     "the inputs for extreme values."
                 )
-            if validate is not None:
+            validated = phase.validated(epoch_in_phase, every[phase.name])
+            entry["validated"] = validated
+            if validated and validate is not None:
                 for net in networks.values():
                     net.eval()
                 with torch.no_grad():
                     entry.update(validate())
-            if tracker is not None:
+            if tracker is not None and validated:
                 stop = tracker.update(epoch, phase.name, entry, networks)
             entry["seconds"] = time.perf_counter() - t0
             history.epochs.append(entry)

@@ -145,11 +145,12 @@ def validator(
     w_val = val["w"].cpu().numpy()
 
     def validate() -> dict[str, Any]:
-        score = torch.sigmoid(clf(val["x"]))
+        logit = clf(val["x"])  # one forward pass for the score and the loss
+        score = torch.sigmoid(logit)
         s_np = score.cpu().numpy()
         out: dict[str, Any] = {
             "val/auc": roc_auc(y_val, s_np, np.abs(w_val)),
-            "val/bce": float(classifier_loss(val, clf(val["x"]))),
+            "val/bce": float(classifier_loss(val, logit)),
             "val/score_std": float(s_np.std()),
         }
         if len(val_nonres) >= 2:

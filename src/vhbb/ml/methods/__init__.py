@@ -12,13 +12,15 @@ build function here::
 Every module of this package is imported on the first :func:`get` or :func:`names`, so a new
 method is one new file here plus its name in the schema's ``$defs.model.properties.method.enum``
 (read by :func:`vhbb.config.models.method_names`).  Neither the engine nor the training driver
-(:mod:`vhbb.ml.train`) knows a method by name.
+(:mod:`vhbb.ml.train`) knows a method by name.  The spec's ``validate_every`` (validation
+interval in epochs) is applied here to every phase a build function returns without one.
 
 This module imports no torch (the method modules do, when they are loaded).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -48,12 +50,30 @@ def register(name: str, *, train_variations: bool = False, needs_domain: bool = 
     """Decorator: register ``build`` as the method ``name``."""
 
     def decorate(build: Build) -> Build:
-        if name in _REGISTRY and _REGISTRY[name].build is not build:
+        if name in _REGISTRY and _REGISTRY[name].build.__wrapped__ is not build:  # type: ignore[attr-defined]
             raise ValueError(f"training method '{name}' is registered twice")
-        _REGISTRY[name] = Method(name, build, train_variations, needs_domain)
+        _REGISTRY[name] = Method(
+            name, _with_validation_interval(build), train_variations, needs_domain
+        )
         return build
 
     return decorate
+
+
+def _with_validation_interval(build: Build) -> Build:
+    """``build``, then the spec's ``validate_every`` on each phase of the plan that sets none."""
+
+    @functools.wraps(build)
+    def planned(ctx: Any) -> Any:
+        plan = build(ctx)
+        every = ctx.spec.get("validate_every")
+        if every is not None:
+            for phase in plan.phases:
+                if phase.validate_every is None:
+                    phase.validate_every = int(every)
+        return plan
+
+    return planned
 
 
 def _load() -> None:
