@@ -25,6 +25,7 @@ BENCHMARKS = {
     "evaluation": "bench_evaluation",  # evaluation time per model for 1 M events
     "toys": "bench_toys",  # diagnostics toys (generate + fit) per second, 1 and 2 workers
     "dag": "bench_dag",  # dry-run DAG of a 500-point scan (1000 trainings) vs trivial jobs
+    "stability": "bench_stability",  # decorrelated methods over 20 seeds: no-collapse rate, spread
     "chain": "bench_chain",  # the default chain's wall time, per-rule breakdown (benchmark: files)
 }
 
