@@ -40,6 +40,34 @@ def _events(rng: np.random.Generator, n: int, peak: float | None, probs: list[fl
     return ev
 
 
+def _write_hists(
+    tmp: Path, mc: dict, data: dict, *, sr_data: bool, cr_data_fit_fraction: float
+) -> Path:
+    """``hists.h5`` as the chain writes it (the signal-region data only when ``sr_data``)."""
+    mjj_edges = np.array([50.0, 80, 100, 115, 135, 160, 200, 250])
+    score_edges = np.linspace(0.0, 1.0, 5)
+    regions = {
+        r: bn.fill_region(r, mc, mjj_edges=mjj_edges, score_edges=score_edges, data_events=data)
+        for r in [SR, *CRS]
+    }
+    if not sr_data:
+        regions[SR] = bn.RegionHists(SR, mjj_edges, score_edges, regions[SR].mc, None, "")
+    bkg = [p for p in PROCS if p != "ZH"]
+    binning = bn.merge_bins(*regions[SR].total(bkg), min_background=1.0, min_mc_effective=10)
+    meta = {
+        "model": "disco",
+        "signal_region": SR,
+        "control_regions": CRS,
+        "mc_processes": list(PROCS),
+        "signal_processes": ["ZH"],
+        "cr_data_fit_fraction": cr_data_fit_fraction,
+        "blinded": not sr_data,
+    }
+    hists = tmp / "hists.h5"
+    bn.write_hists(hists, tmp / "hists.root", regions, binning, meta)
+    return hists
+
+
 @pytest.fixture(scope="module")
 def chain_inputs(tmp_path_factory) -> dict:
     """``hists.h5`` and ``scale_factors.json`` as the chain writes them, and the fit params."""
@@ -56,25 +84,7 @@ def chain_inputs(tmp_path_factory) -> dict:
         for k in ("region", "m_jj", "score")
     }
     data = {k: v[data["region"] != SR] for k, v in data.items()}
-    mjj_edges = np.array([50.0, 80, 100, 115, 135, 160, 200, 250])
-    score_edges = np.linspace(0.0, 1.0, 5)
-    regions = {
-        r: bn.fill_region(r, mc, mjj_edges=mjj_edges, score_edges=score_edges, data_events=data)
-        for r in [SR, *CRS]
-    }
-    regions[SR] = bn.RegionHists(SR, mjj_edges, score_edges, regions[SR].mc, None, "")
-    bkg = [p for p in PROCS if p != "ZH"]
-    binning = bn.merge_bins(*regions[SR].total(bkg), min_background=1.0, min_mc_effective=10)
-    meta = {
-        "model": "disco",
-        "signal_region": SR,
-        "control_regions": CRS,
-        "mc_processes": list(PROCS),
-        "signal_processes": ["ZH"],
-        "cr_data_fit_fraction": 0.5,
-    }
-    hists = tmp / "hists.h5"
-    bn.write_hists(hists, tmp / "hists.root", regions, binning, meta)
+    hists = _write_hists(tmp, mc, data, sr_data=False, cr_data_fit_fraction=0.5)
     sf = {
         "scale_factors": {
             "TT": {"value": 1.04, "hesse_error": 0.03},
@@ -148,3 +158,61 @@ def test_signal_fit_writes_cls_limits(chain_inputs):
     assert len(limits["expected"]) == 5 and limits["expected"] == sorted(limits["expected"])
     # Asimov signal region at mu = 1: the observed limit is above the median expected one
     assert limits["observed"] > limits["expected"][2] > 0
+
+
+def test_observed_fit_of_unblinded_pseudo_data_recovers_the_injected_signal(tmp_path):
+    """fit.signal_region_data: observed fits the signal-region data (not Asimov): pseudo-data with
+    twice the signal give mu-hat near 2, the truth pull is reported, and pyhf agrees on the
+    workspace the chain writes from those observations."""
+    from vhbb import config
+    from vhbb.config import params as P
+    from vhbb.core.errors import ConfigError
+
+    rng = np.random.default_rng(5)
+    mc = {p: _events(rng, n, peak, probs) for p, (n, peak, probs) in PROCS.items()}
+    # unweighted pseudo-data: each MC event kept with probability weight x (2 for the signal)
+    keep = {p: rng.random(len(ev["weight"])) < WEIGHT * (2.0 if p == "ZH" else 1.0)
+            for p, ev in mc.items()}  # fmt: skip
+    data = {
+        k: np.concatenate([np.asarray(mc[p][k])[keep[p]] for p in mc])
+        for k in ("region", "m_jj", "score")
+    }
+    hists = _write_hists(tmp_path, mc, data, sr_data=True, cr_data_fit_fraction=1.0)
+    sf = {
+        "scale_factors": {p: {"value": 1.0, "hesse_error": 0.05} for p in ("TT", "Zhf", "Zlf")},
+        "parameters": ["TT", "Zhf", "Zlf"],
+        "covariance": (np.eye(3) * 0.05**2).tolist(),
+    }
+    sf_path = tmp_path / "scale_factors.json"
+    sf_path.write_text(json.dumps(sf))
+
+    cfg = config.load_config([REPO / "config" / "config.yaml"])
+    assert P.signal_fit(cfg, "disco", "simultaneous")["signal_region_data"] == "asimov"
+    cfg["fit"]["signal_region_data"] = "observed"
+    with pytest.raises(ConfigError, match=r"blinding\.enabled: false"):
+        P.signal_fit(cfg, "disco", "simultaneous")
+    cfg["blinding"]["enabled"] = False
+    cfg["fit"]["signal_region_data"] = "auto"
+    cfg["toy"]["truth"]["mu"] = 2.0
+    spec = P.signal_fit(cfg, "disco", "simultaneous")
+    assert spec["signal_region_data"] == "observed" and spec["truth"]["mu"] == 2.0
+
+    ws_path = tmp_path / "workspace.json"
+    sfit.run_workspace(str(hists), str(sf_path), mode="simultaneous", path=str(ws_path), spec=spec)
+    doc = sfit.run_signal_fit(
+        str(hists),
+        str(sf_path),
+        mode="simultaneous",
+        json_path=str(tmp_path / "signal_strength.json"),
+        plot_data=str(tmp_path / "plot_data.json"),
+        spec=spec,
+    )
+    assert doc["observations"][SR].startswith("data")
+    assert abs(doc["mu"] - 2.0) < 3.0 * doc["mu_hesse_err"]
+    assert (doc["mu"] - 1.0) / doc["mu_hesse_err"] > 2.0  # not the Asimov answer
+    pull = doc["truth_pull"]
+    err = doc["mu_err_up"] if doc["mu"] < 2.0 else doc["mu_err_down"]
+    assert pull["mu_true"] == 2.0 and pull["pull"] == pytest.approx((doc["mu"] - 2.0) / err)
+    mu, sigma = _pyhf_fit(json.loads(ws_path.read_text()))
+    assert mu == pytest.approx(doc["mu"], rel=5e-3, abs=5e-3 * doc["mu_hesse_err"])
+    assert sigma == pytest.approx(doc["mu_hesse_err"], rel=5e-3)

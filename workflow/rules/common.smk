@@ -89,8 +89,16 @@ def weights_outputs():
     )
 
 
+# Derived reweightings of mismodelled inputs (workflow/rules/reweighting.smk).
+REWEIGHTING = [e["name"] for e in P.reweighting_list(config)]
+
+
+def reweighting_outputs():
+    return expand("results/reweighting/{name}.json", name=REWEIGHTING)
+
+
 def hists_inputs(wildcards):
-    """Cached events and the model's out-of-fold scores of every sample."""
+    """Cached events and the model's out-of-fold scores of every sample, the reweightings."""
     return {
         "cache": expand("results/cache/{sample}.parquet", sample=SAMPLES),
         "scores": expand(
@@ -98,6 +106,7 @@ def hists_inputs(wildcards):
             model=wildcards.model,
             sample=SAMPLES,
         ),
+        "reweighting": reweighting_outputs(),
     }
 
 
@@ -172,6 +181,11 @@ def diagnostics_outputs():
             "results/fits/{model}/{mode}/diagnostics", model=models, mode=diag_modes
         )
         + expand(
+            "results/fits/{model}/{mode}/scan_2d",
+            model=models,
+            mode=P.scan_2d_modes(config),
+        )
+        + expand(
             "results/fits/{model}/{mode}/combine/datacard.txt",
             model=models,
             mode=P.combine_modes(config),
@@ -189,6 +203,7 @@ def all_targets():
         export_outputs()
         + weights_outputs()
         + ["results/fits/scale_factors.json"]
+        + reweighting_outputs()
         + score_outputs()
         + fit_outputs()
         + diagnostics_outputs()
@@ -219,6 +234,7 @@ def evaluate_inputs(wildcards):
             "results/models/{model}/fold{fold}/history.json", model=m, fold=FOLDS
         ),
         "scale_factors": "results/fits/scale_factors.json",
+        "reweighting": reweighting_outputs(),
     }
     if config["evaluation"]["positive_weight"] == "transformed":
         inputs["weights"] = expand("results/weights/{region}.h5", region=EVAL_REGIONS)
@@ -266,7 +282,8 @@ def summary_inputs(wildcards):
         "fits": [f"results/fits/{f}/signal_strength.json" for f in k["fits"]],
         "diagnostics": [f"results/fits/{d}/diagnostics.json" for d in k["diagnostics"]],
         "checks": expand("results/checks/weights/{r}.json", r=k["weights"])
-        + expand("results/checks/selection/{s}.json", s=k["best"]),
+        + expand("results/checks/selection/{s}.json", s=k["best"])
+        + expand("results/checks/reweighting/{n}.json", n=REWEIGHTING),
         "figures": expand("results/scans/{s}/pareto.png", s=k["best"]),
         "figure_dirs": [
             f"results/fits/{d}/{sub}"

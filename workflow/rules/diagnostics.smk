@@ -1,6 +1,6 @@
-# Statistics II: fit diagnostics on pseudo-experiments, binning scan, CMS Combine export
-# (vhbb.fit.diagnostics, vhbb.fit.binning_scan, vhbb.fit.combine); figures by plot rules
-# (vhbb.fit.figures, see fit.smk).
+# Statistics II: fit diagnostics on pseudo-experiments, the 2D profile scan, binning scan, CMS
+# Combine export (vhbb.fit.diagnostics, vhbb.fit.binning_scan, vhbb.fit.combine); figures by plot
+# rules (vhbb.fit.figures, see fit.smk; the 2D scan's by vhbb.plots.diagnostics.scan_2d).
 
 
 rule diagnostics:
@@ -58,6 +58,61 @@ rule diagnostics_plots:
         lumi=PLOT_LUMI,
     script:
         "../scripts/diagnostics_plots.py"
+
+
+rule scan_2d:
+    """Two-parameter profile-likelihood scan (default mu x mu_VZ) of one fit."""
+    input:
+        hists="results/hists/{model}/hists.h5",
+        scale_factors="results/fits/scale_factors.json",
+    output:
+        json="results/fits/{model}/{mode}/scan_2d.json",
+    log:
+        "logs/fits/{model}/{mode}_scan_2d.log",
+    benchmark:
+        "logs/benchmarks/scan_2d/fits/{model}/{mode}_scan_2d.tsv"
+    wildcard_constraints:
+        mode="fixed|constrained|simultaneous",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        spec=lambda wc: without_plot_options(P.scan_2d(config, wc.model, wc.mode)),
+    script:
+        "../scripts/scan_2d.py"
+
+
+rule scan_2d_plot:
+    """68 % and 95 % contours of the two-parameter profile scan of one fit."""
+    input:
+        json="results/fits/{model}/{mode}/scan_2d.json",
+    output:
+        plots=report(
+            directory("results/fits/{model}/{mode}/scan_2d"),
+            patterns=["{name}.png"],
+            caption="../report/scan_2d.rst",
+            category="Fit diagnostics",
+            subcategory="{model}: {mode}",
+        ),
+    log:
+        "logs/fits/{model}/{mode}_scan_2d_plot.log",
+    benchmark:
+        "logs/benchmarks/scan_2d_plot/fits/{model}/{mode}_scan_2d_plot.tsv"
+    wildcard_constraints:
+        mode="fixed|constrained|simultaneous",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        lumi=PLOT_LUMI,
+    script:
+        "../scripts/scan_2d_plot.py"
 
 
 rule combine:

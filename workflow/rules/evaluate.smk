@@ -31,6 +31,7 @@ rule evaluate_model:
         spec=lambda wc: P.evaluate(config, wc.model),
         samples=SAMPLES,
         weight_regions=EVAL_REGIONS,
+        reweighting=REWEIGHTING,
     script:
         "../scripts/evaluate_model.py"
 

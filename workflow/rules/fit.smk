@@ -103,6 +103,7 @@ rule hists:
         runtime=30,
     params:
         samples=SAMPLES,
+        reweighting=REWEIGHTING,
         spec=lambda wc: without_plot_options(P.hists(config, wc.model)),
     script:
         "../scripts/hists.py"

@@ -18,6 +18,7 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
         metrics_path=smk.output.metrics,
         plot_data_path=smk.output.plot_data,
         spec=smk.params.spec,
+        reweighting_files=dict(zip(smk.params.reweighting, smk.input.reweighting, strict=True)),
         model=smk.wildcards.model,
     )
 

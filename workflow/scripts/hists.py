@@ -12,6 +12,7 @@ def main(smk) -> None:  # type: ignore[no-untyped-def]
         root_path=smk.output.root,
         binning_json=smk.output.binning,
         spec=smk.params.spec,
+        reweighting_files=dict(zip(smk.params.reweighting, smk.input.reweighting, strict=True)),
     )
 
 

@@ -316,6 +316,7 @@ def hists(config: Mapping, model: str) -> dict[str, Any]:
             "seed": config["seed"],
             "lumi": config["lumi"],
             "weight_systematics": weight_systematics(config),
+            "reweighting": reweighting_list(config),
         }
     )
 
@@ -348,6 +349,60 @@ def weight_systematics(config: Mapping) -> str | list[str]:
     return names
 
 
+def reweighting_list(config: Mapping) -> list[dict[str, Any]]:
+    """The derived reweightings the histograms and the evaluation apply (name, variable,
+    whether a nuisance covers it), checked: control regions that exist, no name clash."""
+    from vhbb.core.errors import ConfigError
+
+    out = []
+    defined = set(config["regions"]["definitions"])
+    for name, entry in sorted(config.get("reweighting", {}).items()):
+        bad = [r for r in entry["regions"] if r not in defined]
+        if bad:
+            raise ConfigError(
+                f"config error at 'reweighting.{name}.regions': {', '.join(bad)} not in "
+                "regions.definitions"
+            )
+        edges = entry["edges"]
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ConfigError(f"config error at 'reweighting.{name}.edges': edges must increase")
+        if name in ("mu", "jes") or name.startswith(("sf_", "gamma_", "staterror_")):
+            raise ConfigError(
+                f"config error at 'reweighting.{name}': the name clashes with a fit parameter"
+            )
+        out.append(
+            {
+                "name": name,
+                "variable": entry["variable"],
+                "uncertainty": bool(entry.get("uncertainty", True)),
+            }
+        )
+    return out
+
+
+def reweighting(config: Mapping, name: str) -> dict[str, Any]:
+    """Params of deriving the reweighting ``name``: its settings, the samples and the split."""
+    reweighting_list(config)
+    entry = config["reweighting"][name]
+    return canonical(
+        {
+            "reweighting": {
+                "min_data": 50,
+                "uncertainty": True,
+                "min_p_value": 0.01,
+                "on_failure": "fail",
+                **entry,
+            },
+            "samples": {n: {"process": s["process"]} for n, s in config["samples"]["list"].items()},
+            "processes": {
+                n: {"role": p["role"]} for n, p in config["samples"]["processes"].items()
+            },
+            "cr_data_fit_fraction": config["export"]["cr_data_fit_fraction"],
+            "seed": config["seed"],
+        }
+    )
+
+
 def hists_plot_data(config: Mapping) -> dict[str, Any]:
     """Params of the signal-region data of the blinded figures (the window included)."""
     return canonical(
@@ -375,6 +430,7 @@ def signal_fit(config: Mapping, model: str, mode: str) -> dict[str, Any]:
                     f"config error at 'fit.systematics.lnN.{name}': '{proc}' is not an MC process"
                 )
     weight_systematics(config)
+    sr_data = signal_region_data(config)
     lo, hi = fit["poi_bounds"]
     if not lo < 1.0 < hi:
         raise ConfigError(f"config error at 'fit.poi_bounds': must contain 1, got {[lo, hi]}")
@@ -385,6 +441,8 @@ def signal_fit(config: Mapping, model: str, mode: str) -> dict[str, Any]:
             "systematics": fit["systematics"],
             "poi_bounds": [float(lo), float(hi)],
             "control_region_data": fit["control_region_data"],
+            "signal_region_data": sr_data,
+            "truth": toy_truth(config) if sr_data == "observed" else None,
             "processes": {
                 n: {"role": p["role"], "label": p.get("label", n), "color": p.get("color")}
                 for n, p in processes.items()
@@ -392,6 +450,32 @@ def signal_fit(config: Mapping, model: str, mode: str) -> dict[str, Any]:
             "lumi": config["lumi"],
         }
     )
+
+
+def toy_truth(config: Mapping) -> dict[str, Any] | None:
+    """The toy generator's hidden truth when every data sample comes from it, else None."""
+    data = [s for n, s in config["samples"]["list"].items() if is_data(config, n)]
+    if data and all(s.get("source") == "toy" for s in data):
+        return {**config["toy"]["truth"], "mismodelling": dict(config["toy"]["mismodelling"])}
+    return None
+
+
+def signal_region_data(config: Mapping) -> str:
+    """``asimov`` or ``observed``: what the signal-region fit sees (``fit.signal_region_data``;
+    ``auto``: observed when blinding is off and there are data samples)."""
+    from vhbb.core.errors import ConfigError
+
+    choice = config["fit"].get("signal_region_data", "auto")
+    blinded = bool(config["blinding"]["enabled"])
+    has_data = any(is_data(config, n) for n in config["samples"]["list"])
+    if choice == "observed" and (blinded or not has_data):
+        raise ConfigError(
+            "config error at 'fit.signal_region_data': 'observed' needs the signal-region data "
+            + ("(set blinding.enabled: false)" if blinded else "(no data sample is configured)")
+        )
+    if choice == "auto":
+        return "observed" if not blinded and has_data else "asimov"
+    return str(choice)
 
 
 def diagnostics_modes(config: Mapping) -> list[str]:
@@ -412,18 +496,39 @@ def combine_modes(config: Mapping) -> list[str]:
 def diagnostics(config: Mapping, model: str, mode: str) -> dict[str, Any]:
     """Params of the diagnostics of ``model`` in ``mode``: the fit's params, the diagnostics
     settings, the seed and, when the pseudo-data come from the toy generator, its hidden truth."""
-    data = [s for n, s in config["samples"]["list"].items() if is_data(config, n)]
-    truth = None
-    if data and all(s.get("source") == "toy" for s in data):
-        truth = config["toy"]["truth"]
     return canonical(
         {
             **signal_fit(config, model, mode),
-            "diagnostics": config["fit"]["diagnostics"],
+            # the 2D scan is its own rule (scan_2d): its settings do not rerun the diagnostics
+            "diagnostics": {
+                k: v for k, v in config["fit"]["diagnostics"].items() if k != "scan_2d"
+            },
             "seed": config["seed"],
-            "truth": truth,
+            "truth": toy_truth(config),
         }
     )
+
+
+def scan_2d_modes(config: Mapping) -> list[str]:
+    """Fit modes with a two-parameter scan: the diagnosed modes when ``scan_2d.enabled``."""
+    scan = config["fit"].get("diagnostics", {}).get("scan_2d", {})
+    return diagnostics_modes(config) if scan.get("enabled", True) else []
+
+
+def scan_2d(config: Mapping, model: str, mode: str) -> dict[str, Any]:
+    """Params of the two-parameter profile scan of ``model`` in ``mode``: the fit's params, the
+    scan settings (``fit.diagnostics.scan_2d``) and the seed (of the pseudo-data)."""
+    from vhbb.core.errors import ConfigError
+
+    scan = dict(config["fit"]["diagnostics"]["scan_2d"])
+    params = list(scan["parameters"])
+    spec = signal_fit(config, model, mode)
+    if "mu_VZ" in params and not any(p["role"] == "resonant" for p in spec["processes"].values()):
+        raise ConfigError(
+            "config error at 'fit.diagnostics.scan_2d.parameters': mu_VZ needs a process "
+            "with role 'resonant'"
+        )
+    return canonical({**spec, "scan_2d": scan, "seed": config["seed"]})
 
 
 def binning_scan(config: Mapping, model: str) -> dict[str, Any]:
@@ -526,6 +631,7 @@ def evaluate(config: Mapping, model: str) -> dict[str, Any]:
             "signal_region": config["export"]["training_region"],
             "control_regions": list(fit["scale_factors"]["regions"]),
             "cr_data_fit_fraction": config["export"]["cr_data_fit_fraction"],
+            "reweighting": reweighting_list(config),
             # the fast significance: binning, lnN and MC statistics (JES needs varied scores)
             "fit": {
                 "binning": fit["binning"],

@@ -8,7 +8,8 @@ histograms (:mod:`vhbb.fit.hists`), the binning scan and the evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,12 +59,71 @@ def _unblinded_rows(score_path: str, region: np.ndarray, is_mc: bool) -> np.ndar
     return keep
 
 
+def reweighting_factors(
+    entry: Mapping[str, Any], x: np.ndarray, process: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Nominal, up and down factors of a derived reweighting (``entry``: ``file``, ``name``;
+    the correctionlib file of :mod:`vhbb.fit.reweighting`) for events of ``process`` at ``x``."""
+    import correctionlib
+
+    path = str(entry["file"])
+    try:
+        corr = correctionlib.CorrectionSet.from_file(path)[str(entry["name"])]
+    except Exception as exc:
+        raise InputError(
+            f"cannot read the reweighting '{entry['name']}' from {path}: {type(exc).__name__}: "
+            f"{exc} (rerun the rule derive_reweighting)"
+        ) from None
+    x = np.asarray(x, dtype=np.float64)
+    try:
+        return tuple(corr.evaluate(side, process, x) for side in ("nominal", "up", "down"))  # type: ignore[return-value]
+    except Exception as exc:
+        raise InputError(
+            f"{path}: the reweighting '{entry['name']}' has no factors for process '{process}' "
+            f"({type(exc).__name__}: {exc}); rerun the rule derive_reweighting"
+        ) from None
+
+
+def reweighting_entries(spec: Mapping[str, Any], files: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The derived reweightings of ``spec["reweighting"]`` with their correction files."""
+    entries = []
+    for entry in spec.get("reweighting", []):
+        if entry["name"] not in files:
+            raise InputError(f"no correction file for the reweighting '{entry['name']}'")
+        entries.append({**entry, "file": files[entry["name"]]})
+    return entries
+
+
+def reweighting_validation_path(correction_path: str) -> str:
+    """``results/reweighting/<name>.json`` -> ``results/reweighting/<name>/validation.json``
+    (written by the same job as the correction)."""
+    stem = (
+        correction_path[: -len(".json")] if correction_path.endswith(".json") else correction_path
+    )
+    return f"{stem}/validation.json"
+
+
+def reweighting_warnings(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The warnings of the derived reweightings' validations (warn mode), for downstream files."""
+    import json
+    from pathlib import Path
+
+    out: list[str] = []
+    for entry in entries:
+        path = Path(reweighting_validation_path(str(entry["file"])))
+        if path.exists():
+            out.extend(json.loads(path.read_text()).get("warnings", []))
+    return out
+
+
 def read_events(
     cache_path: str,
     score_path: str,
     sample: str,
     is_mc: bool,
     weights: Sequence[str] = (),
+    reweighting: Sequence[Mapping[str, Any]] = (),
+    process: str | None = None,
 ) -> dict[str, np.ndarray]:
     """Cached columns joined row by row with the out-of-fold scores (keys checked).
 
@@ -72,6 +132,12 @@ def read_events(
     ``weight_<name>Up/Down`` of the weight systematics ``weights`` (a missing one raises
     :class:`~vhbb.core.errors.InputError`).  Scores must be finite.  Data events of a region
     blinded by the scoring stage (no score) are left out.
+
+    ``reweighting``: derived reweightings (``name``, ``file``, ``variable``; see
+    :mod:`vhbb.fit.reweighting`): MC ``weight`` is multiplied by each nominal factor
+    (``reweighting_factor``: their product, 1 for data; ``process``: the sample's MC process,
+    default its name) and the ratio columns
+    ``weight_<name>Up/Down`` of a name listed in ``weights`` are computed from the file, not read.
     """
     import pandas as pd
 
@@ -80,7 +146,11 @@ def read_events(
     if is_mc:
         cols += [f"region_{v}" for v in JES_VARIATIONS] + [f"m_jj_{v}" for v in JES_VARIATIONS]
         score_cols += [f"score_{v}" for v in JES_VARIATIONS]
-        ratio_cols = [c for name in weights for c in weight_variation_columns(name)]
+        derived = {str(e["name"]) for e in reweighting}
+        ratio_cols = [
+            c for name in weights if name not in derived for c in weight_variation_columns(name)
+        ]
+        cols += [str(e["variable"]) for e in reweighting if str(e["variable"]) not in cols]
         if ratio_cols:
             missing = sorted(set(ratio_cols) - set(_schema_names(cache_path)))
             if missing:
@@ -112,6 +182,19 @@ def read_events(
     if not keep.all():
         out = {c: v[keep] for c, v in out.items()}
     out["region"] = out["region"].astype(str)
+    factor = np.ones(len(out["weight"]))
+    for entry in reweighting if is_mc else ():
+        nom, up, down = reweighting_factors(
+            entry, out[str(entry["variable"])], sample if process is None else process
+        )
+        factor = factor * nom
+        if entry["name"] in weights:
+            safe = np.where(nom != 0, nom, 1.0)
+            out[f"weight_{entry['name']}Up"] = np.where(nom != 0, up / safe, 1.0)
+            out[f"weight_{entry['name']}Down"] = np.where(nom != 0, down / safe, 1.0)
+    if reweighting and is_mc:
+        out["weight"] = out["weight"] * factor
+    out["reweighting_factor"] = factor
     if is_mc:
         for v in JES_VARIATIONS:
             out[f"region_{v}"] = out[f"region_{v}"].astype(str)

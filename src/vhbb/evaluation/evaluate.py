@@ -581,12 +581,20 @@ def bootstrap(
 
 # --------------------------------------------------------------------------- inputs
 def read_sample_events(
-    cache_path: str, score_path: str, sample: str, is_mc: bool
+    cache_path: str,
+    score_path: str,
+    sample: str,
+    is_mc: bool,
+    reweighting: Sequence[Mapping[str, Any]] = (),
+    process: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Cache joined with the out-of-fold scores (keys and lengths checked)."""
+    """Cache joined with the out-of-fold scores (keys and lengths checked), MC reweighted by
+    the derived corrections ``reweighting`` (:mod:`vhbb.fit.reweighting`)."""
     from vhbb.data.events import read_events
 
-    return read_events(cache_path, score_path, sample, is_mc)
+    return read_events(
+        cache_path, score_path, sample, is_mc, reweighting=reweighting, process=process
+    )
 
 
 def _key_frame(sample: np.ndarray, run: np.ndarray, lumi: np.ndarray, event: np.ndarray) -> Any:
@@ -634,11 +642,13 @@ def load_oof_events(
     weights_files: Sequence[str] = (),
     cr_data_fit_fraction: float,
     seed: int,
+    reweighting: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[Events, str]:
     """Out-of-fold events of ``regions`` (all samples), with the positive weight.
 
     Returns ``(events, positive_weight_kind)``: ``transformed`` when every MC event found its
-    transformed weight, else ``abs`` (flagged in the metrics).
+    transformed weight, else ``abs`` (flagged in the metrics).  With ``reweighting`` the MC
+    weight and positive weight carry the derived corrections' nominal factors.
     """
     from vhbb.data.export import cr_fit_half
 
@@ -647,7 +657,9 @@ def load_oof_events(
         proc = samples[sample]["process"]
         role = processes[proc]["role"]
         is_mc = role != "data"
-        ev = read_sample_events(cache_path, score_files[sample], sample, is_mc)
+        ev = read_sample_events(
+            cache_path, score_files[sample], sample, is_mc, reweighting, process=proc
+        )
         sel = np.isin(ev["region"], list(regions))
         n = int(sel.sum())
         part = {
@@ -661,6 +673,7 @@ def load_oof_events(
             "run": ev["run"][sel],
             "luminosityBlock": ev["luminosityBlock"][sel],
             "event": ev["event"][sel],
+            "reweighting_factor": ev["reweighting_factor"][sel],
         }
         if is_mc:
             part["score_jesUp"] = ev["score_jesUp"][sel]
@@ -706,7 +719,7 @@ def load_oof_events(
             kind = "transformed"
     else:
         log.warning("no transformed weights: distribution distances use |w| (flagged)")
-    events["pos_weight"] = np.where(mc, pos, 1.0)
+    events["pos_weight"] = np.where(mc, pos * events["reweighting_factor"], 1.0)
     return events, kind
 
 
@@ -1043,15 +1056,19 @@ def run_evaluate(
     plot_data_path: str,
     spec: Mapping[str, Any],
     model: str,
+    reweighting_files: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate one model: write ``metrics.json`` (validated) and the plot data."""
+    """Evaluate one model: write ``metrics.json`` (validated) and the plot data (MC reweighted
+    by the derived corrections ``reweighting_files``: name -> correctionlib file)."""
     import time
 
     from vhbb.core.io import write_json
     from vhbb.core.provenance import provenance
     from vhbb.core.results import read_scale_factors
+    from vhbb.data.events import reweighting_entries, reweighting_warnings
 
     t0 = time.perf_counter()
+    rew = reweighting_entries(spec, reweighting_files or {})
     settings = spec["evaluation"]
     processes = spec["processes"]
     roles = {p: v["role"] for p, v in processes.items()}
@@ -1071,6 +1088,7 @@ def run_evaluate(
         weights_files=list(weights_files.values()) if use_transformed else [],
         cr_data_fit_fraction=float(spec["cr_data_fit_fraction"]),
         seed=seed,
+        reweighting=rew,
     )
     in_sr = (events["region"] == sr) & (events["role"] != "data")
     sr_ev = {k: v[in_sr] for k, v in events.items()}
@@ -1122,7 +1140,8 @@ def run_evaluate(
         "method": spec.get("method"),
         "collapsed": collapse["collapsed"],
         "collapse": collapse,
-        "warnings": upstream_warnings(list(weights_files.values()) if use_transformed else []),
+        "warnings": upstream_warnings(list(weights_files.values()) if use_transformed else [])
+        + reweighting_warnings(rew),
         "weights": {
             "signed": "sigma*L (yields, significance, ROC)",
             "positive": kind,

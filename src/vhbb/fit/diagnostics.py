@@ -27,6 +27,18 @@ error with every nuisance fixed at its best-fit value and no MC-statistics terms
 group impact is ``sqrt(sigma_{MC stat only}^2 - sigma_stat^2)`` (the per-bin gammas are profiled
 analytically, so they have no individual impacts).
 
+The rule runs the impacts on the data set of ``fit.diagnostics.impacts.data``: ``asimov`` (the
+default: the signal fit's Asimov observations, :func:`asimov_data`; expected impacts, every pull
+0) or ``observed`` (the pseudo-data of :func:`pseudo_data`); ``diagnostics.json`` names it
+(``impacts_data``).  **Constraint flags** (:func:`constrained_nuisances`): a constrained nuisance
+whose post-fit error is below ``constraint_flag_fraction`` (0.5) of its pre-fit width is listed in
+``constrained_nuisances`` and ``warnings`` (and marked in the impact figure); pulls of the
+pseudo-data fit beyond ``pull_flag_sigma`` (2) likewise (:func:`pulled_nuisances`).
+
+**2D scan** (:func:`scan_2d`, rule ``scan_2d``): ``2 Delta nll`` of two parameters (default mu x
+mu_VZ, :func:`scan_model`) on a grid, every other parameter profiled (warm starts from the
+neighbouring point), with the areas and extents of the 68 % / 95 % regions.
+
 **Goodness of fit** (:func:`goodness_of_fit`): the saturated-model statistic ``q = 2 nll-hat`` (the
 nll of :mod:`vhbb.stats.likelihood` is already normalised to the saturated model, ``sum_b [nu - n +
 n ln(n / nu)]`` plus the constraint terms); its distribution from Poisson toys of the post-fit
@@ -51,8 +63,9 @@ import numpy as np
 from vhbb.core.io import write_json
 from vhbb.core.provenance import provenance
 from vhbb.fit.scale_factors import fit_scale_factors
-from vhbb.fit.signal_fit import FitStage, read_fit_stage
+from vhbb.fit.signal_fit import FitStage, _observations, read_fit_stage
 from vhbb.stats import likelihood as lk
+from vhbb.stats import toys as st
 from vhbb.stats.results import RegionHistogram
 
 log = logging.getLogger(__name__)
@@ -62,6 +75,13 @@ VZ_POI = "mu_VZ"
 # just above its EDM target on a flat direction; toy fits with an EDM below this value (a POI
 # shift well below 0.1 sigma) and an accurate covariance are accepted.
 EDM_ACCEPT = 0.02
+# A nuisance whose post-fit error is below this fraction of its prior width is flagged as
+# constrained (fit.diagnostics.constraint_flag_fraction); pulls beyond PULL_FLAG_SIGMA likewise.
+CONSTRAINT_FLAG_FRACTION = 0.5
+PULL_FLAG_SIGMA = 2.0
+IMPACT_DATA = ("asimov", "observed")
+# 2 Delta NLL of the 68 % and 95 % CL regions of two parameters (chi2, 2 dof)
+SCAN_2D_LEVELS = {"68%": 2.30, "95%": 5.99}
 
 
 # ---------------------------------------------------------------------------- toys
@@ -80,44 +100,7 @@ def prior_widths(model: lk.Model) -> dict[str, float]:
     return out
 
 
-def generate_toy(
-    model: lk.Model,
-    x_true: np.ndarray,
-    rng: np.random.Generator,
-    *,
-    nuisances: str = "prior",
-    templates: bool = False,
-) -> np.ndarray:
-    """One Poisson pseudo-data set (all channels) at ``x_true`` (see the module docstring)."""
-    if nuisances not in ("prior", "fixed"):
-        raise ValueError(f"nuisances must be 'prior' or 'fixed', got {nuisances!r}")
-    x = np.array(x_true, dtype=np.float64)
-    gen = model
-    if templates:
-        noise = rng.normal(size=model.nominal.shape) * np.sqrt(model.sumw2)
-        gen = replace(model, nominal=np.clip(model.nominal + noise, 0.0, None))
-    gamma = None
-    if nuisances == "prior":
-        free = np.array([not f for f in model.fixed])
-        for i in np.concatenate([model.histo_index, model.normsys_index]).astype(int):
-            if free[i]:
-                x[i] += rng.normal()
-        if model.gauss_index is not None:
-            g = np.asarray(model.gauss_index)
-            x[g] = rng.multivariate_normal(x[g], np.asarray(model.gauss_cov))
-        if model.stat_sigma is not None and not templates:
-            gamma = np.clip(1.0 + rng.normal(size=model.n_bins) * model.stat_sigma, 0.0, None)
-            if model.stat_mode == "parameters":
-                gidx = np.asarray(model.gamma_index)
-                x[gidx[gidx >= 0]] = gamma[gidx >= 0]
-                gamma = None
-        lo = np.array([-np.inf if b[0] is None else b[0] for b in model.bounds])
-        hi = np.array([np.inf if b[1] is None else b[1] for b in model.bounds])
-        x = np.clip(x, lo, hi)
-    nu = lk.asimov(gen, x)
-    if gamma is not None:
-        nu = nu * gamma
-    return rng.poisson(np.clip(nu, 0.0, None)).astype(np.float64)
+generate_toy = st.generate_toy  # one Poisson pseudo-data set (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -135,43 +118,6 @@ class ToyFits:
         return int(self.valid.sum())
 
 
-def _fit_one(model: lk.Model, observed: np.ndarray, params: Sequence[str]) -> tuple:
-    try:
-        res = lk.fit(model, observed, require_valid=False, label="toy")
-    except (lk.FitError, ValueError, np.linalg.LinAlgError):
-        nan = np.full(len(params), np.nan)
-        return nan, nan, False, np.nan
-    i_poi = model.index(model.poi)
-    lo, hi = model.bounds[i_poi]
-    poi = res.values[i_poi]
-    at_limit = (lo is not None and poi - lo < 1e-3 * (hi - lo if hi is not None else 1.0)) or (
-        hi is not None and hi - poi < 1e-3 * (hi - lo if lo is not None else 1.0)
-    )
-    errors = res.errors
-    st = res.status
-    converged = st.valid or (st.edm < EDM_ACCEPT and st.covariance_accurate)
-    ok = bool(converged and st.covariance_posdef and not at_limit and np.all(np.isfinite(errors)))
-    idx = [model.index(p) for p in params]
-    return res.values[idx], errors[idx], ok, res.nll
-
-
-def _toy_chunk(args: tuple) -> list[tuple]:
-    model, x_true, seeds, params, nuisances, templates, single_thread = args
-    if single_thread:  # one BLAS thread per worker process (no oversubscription)
-        try:
-            from threadpoolctl import threadpool_limits
-
-            threadpool_limits(1)
-        except ImportError:  # pragma: no cover
-            pass
-    out = []
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        toy = generate_toy(model, x_true, rng, nuisances=nuisances, templates=templates)
-        out.append(_fit_one(model, toy, params))
-    return out
-
-
 def run_toys(
     model: lk.Model,
     x_true: np.ndarray,
@@ -183,31 +129,22 @@ def run_toys(
     templates: bool = False,
     workers: int = 1,
 ) -> ToyFits:
-    """Generate and fit ``n_toys`` pseudo-experiments (one seed per toy: worker-independent)."""
+    """Generate and fit ``n_toys`` pseudo-experiments (one seed per toy: worker-independent;
+    :mod:`vhbb.stats.toys`: one reusable fitter per worker)."""
     params = tuple(params or (model.poi,))
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-    seeds = ss.spawn(n_toys)
-    rows: list[tuple] = []
-    if workers > 1 and n_toys >= 4 * workers:
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        chunks = [seeds[k::workers] for k in range(workers)]
-        ctx = mp.get_context("fork")
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            args = [(model, x_true, c, params, nuisances, templates, True) for c in chunks]
-            parts = list(pool.map(_toy_chunk, args))
-        rows = [None] * n_toys  # type: ignore[list-item]
-        for k, part in enumerate(parts):  # toy j went to worker j % workers
-            for j, row in zip(range(k, n_toys, workers), part, strict=True):
-                rows[j] = row
-    else:
-        rows = _toy_chunk((model, x_true, seeds, params, nuisances, templates, False))
-    values = np.array([r[0] for r in rows], dtype=np.float64).reshape(n_toys, len(params))
-    errors = np.array([r[1] for r in rows], dtype=np.float64).reshape(n_toys, len(params))
-    valid = np.array([r[2] for r in rows], dtype=bool)
-    nll = np.array([r[3] for r in rows], dtype=np.float64)
-    return ToyFits(params, values, errors, valid, nll)
+    toys = st.generate_toys(
+        model, x_true, ss.spawn(n_toys), nuisances=nuisances, templates=templates
+    )
+    fits = st.fit_toys(model, toys, workers=workers)
+    cols = fits.columns(params)
+    return ToyFits(
+        params,
+        fits.values[:, cols],
+        fits.errors[:, cols],
+        st.accepted(model, fits, edm_accept=EDM_ACCEPT),
+        fits.nll,
+    )
 
 
 def pull_summary(values: np.ndarray, errors: np.ndarray, truth: float) -> dict[str, Any]:
@@ -359,17 +296,9 @@ def goodness_of_fit(
     q_obs = saturated_statistic(best)
     expected = postfit_expected(model, observed, best.values)
     seeds = np.random.SeedSequence(seed).spawn(n_toys)
-    q_toys = []
     start = replace(model, init=best.values.copy())
-    for s in seeds:
-        toy = np.random.default_rng(s).poisson(expected).astype(np.float64)
-        try:
-            res = lk.fit(start, toy, hesse=False, require_valid=False, label="gof toy")
-        except (lk.FitError, ValueError):
-            continue
-        if res.status.valid:
-            q_toys.append(saturated_statistic(res))
-    q = np.array(q_toys)
+    fits = st.fit_toys(start, st.poisson_toys(expected, seeds), hesse=False)
+    q = 2.0 * fits.nll[fits.valid & ~fits.failed]
     n_free = sum(1 for f in model.fixed if not f)
     ndf = max(model.n_bins - n_free, 1)
     p = float((np.sum(q >= q_obs) + 0.0) / len(q)) if len(q) else float("nan")
@@ -388,16 +317,81 @@ def goodness_of_fit(
 
 
 # ---------------------------------------------------------------------------- impacts
+def prior_centres(model: lk.Model) -> dict[str, float]:
+    """Constraint centre of every constrained parameter: 0 for the JES / lnN nuisances, the
+    Gaussian centre for the constrained scale factors, 1 for the per-bin gammas."""
+    out = {n: 0.0 for n in prior_widths(model)}
+    if model.gauss_index is not None and model.gauss_center is not None:
+        for g, i in enumerate(model.gauss_index):
+            out[model.names[int(i)]] = float(model.gauss_center[g])
+    if model.gamma_index is not None:
+        for i in model.gamma_index:
+            if i >= 0:
+                out[model.names[int(i)]] = 1.0
+    return out
+
+
+def _flaggable(model: lk.Model) -> list[str]:
+    """Constrained, floating nuisances (no per-bin gammas: profiled or many, see impacts)."""
+    return [
+        n
+        for n in prior_widths(model)
+        if not model.fixed[model.index(n)] and not n.startswith("gamma_") and n != model.poi
+    ]
+
+
+def constrained_nuisances(
+    model: lk.Model, best: lk.FitResult, fraction: float = CONSTRAINT_FLAG_FRACTION
+) -> list[dict[str, Any]]:
+    """Nuisances whose post-fit (HESSE) error is below ``fraction`` of the pre-fit width: the
+    data constrain them beyond their prior (a measurement, worth a look)."""
+    prior = prior_widths(model)
+    out = []
+    for name in _flaggable(model):
+        pre, post = prior[name], float(best.error(name))
+        if pre > 0 and post / pre < fraction:
+            out.append(
+                {
+                    "name": name,
+                    "prefit": pre,
+                    "postfit": post,
+                    "ratio": post / pre,
+                    "at_limit": name in best.status.at_limit,
+                }
+            )
+    return out
+
+
+def pulled_nuisances(
+    model: lk.Model, best: lk.FitResult, n_sigma: float = PULL_FLAG_SIGMA
+) -> list[dict[str, Any]]:
+    """Nuisances pulled by more than ``n_sigma`` pre-fit widths from their constraint centre."""
+    prior, centre = prior_widths(model), prior_centres(model)
+    out = []
+    for name in _flaggable(model):
+        pull = (float(best.value(name)) - centre[name]) / prior[name]
+        if abs(pull) > n_sigma:
+            out.append({"name": name, "value": float(best.value(name)), "pull": pull})
+    return out
+
+
 def impacts(
-    model: lk.Model, observed: np.ndarray, best: lk.FitResult | None = None
+    model: lk.Model,
+    observed: np.ndarray,
+    best: lk.FitResult | None = None,
+    *,
+    constraint_fraction: float = CONSTRAINT_FLAG_FRACTION,
 ) -> dict[str, Any]:
-    """Pre- and post-fit impacts of every nuisance on the POI (see the module docstring)."""
+    """Pre- and post-fit impacts of every nuisance on the POI (see the module docstring), each
+    nuisance's pull ``(theta-hat - centre) / prior`` and constraint ``sigma-hat / prior``; those
+    below ``constraint_fraction`` are flagged (``constrained``, ``constrained_nuisances``)."""
     if best is None:
         best = lk.fit(model, observed, label="impacts")
     poi = model.poi
     i_poi = model.index(poi)
     mu_hat, sigma = best.value(poi), best.error(poi)
     prior = prior_widths(model)
+    centre = prior_centres(model)
     start = replace(model, init=best.values.copy())
 
     def refit(fixed: Mapping[str, float]) -> float:
@@ -418,8 +412,13 @@ def impacts(
             pre = prior[name]
             entry["prefit_error"] = pre
             entry["prefit"] = [refit({name: hat + pre}), refit({name: hat - pre})]
+            entry["pull"] = (hat - centre[name]) / pre
+            entry["constraint_ratio"] = post / pre
+            entry["constrained"] = bool(post / pre < constraint_fraction)
         else:
             entry["prefit"] = None
+            entry["pull"] = entry["constraint_ratio"] = None
+            entry["constrained"] = False
         entry["impact"] = float(np.nanmax(np.abs(entry["postfit"])))
         out[name] = entry
     # stat-only and MC-stat group
@@ -445,6 +444,8 @@ def impacts(
         "quadrature_sum": quad,
         "nuisances": out,
         "ranking": ranking,
+        "constraint_flag_fraction": constraint_fraction,
+        "constrained_nuisances": constrained_nuisances(model, best, constraint_fraction),
         "definition": "impact = POI shift when the nuisance is fixed at its best-fit value "
         "+- 1 sigma (pre-fit: prior width; post-fit: HESSE error) and the rest refitted",
     }
@@ -464,8 +465,15 @@ def correlation(best: lk.FitResult, model: lk.Model) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- VZ cross-check
-def vz_model(model: lk.Model, vz_processes: Sequence[str], *, bounds=(-20.0, 20.0)) -> lk.Model:
-    """``model`` with a signal strength ``mu_VZ`` on ``vz_processes`` as the POI (mu fixed 1)."""
+def vz_model(
+    model: lk.Model,
+    vz_processes: Sequence[str],
+    *,
+    bounds: Sequence[float] = (-20.0, 20.0),
+    fix_poi: bool = True,
+) -> lk.Model:
+    """``model`` with a signal strength ``mu_VZ`` on ``vz_processes`` as the POI (mu fixed 1;
+    with ``fix_poi=False`` mu floats too: the two-parameter model of :func:`scan_2d`)."""
     procs = list(model.processes)
     missing = [p for p in vz_processes if p not in procs]
     if missing or not vz_processes:
@@ -483,13 +491,215 @@ def vz_model(model: lk.Model, vz_processes: Sequence[str], *, bounds=(-20.0, 20.
         poi=VZ_POI,
     )
     fix: dict[str, float] = {}
-    if model.poi in model.names:
+    if model.poi in model.names and fix_poi:
         fix[model.poi] = 1.0
     for j, i in enumerate(model.normsys_index):
         acts = (model.normsys_log_hi[j] != 0) | (model.normsys_log_lo[j] != 0)
         if acts.any() and np.all(mask[acts]):
             fix[model.names[int(i)]] = 0.0
     return new.with_fixed(fix)
+
+
+# ---------------------------------------------------------------------------- 2D profile scan
+Axis2D = tuple[str, Sequence[float] | None, int]
+
+
+def _axis_points(
+    model: lk.Model, best: lk.FitResult, axis: Axis2D, n_sigma: float
+) -> tuple[str, np.ndarray]:
+    """Grid values of one axis: ``range`` or, when None, best fit +- ``n_sigma`` HESSE errors
+    (clipped to the parameter's bounds)."""
+    name, rng, n = axis
+    if int(n) < 2:
+        raise ValueError(f"scan_2d: {name} needs at least 2 points, got {n}")
+    if rng is None:
+        i = model.index(name)
+        hat, err = best.values[i], best.errors[i]
+        if not (np.isfinite(err) and err > 0):
+            raise lk.FitError(f"scan_2d: no HESSE error of {name} to set its range; give one")
+        lo, hi = hat - n_sigma * err, hat + n_sigma * err
+        blo, bhi = model.bounds[i]
+        lo = lo if blo is None else max(lo, blo)
+        hi = hi if bhi is None else min(hi, bhi)
+    else:
+        lo, hi = (float(v) for v in rng)
+    if not lo < hi:
+        raise ValueError(f"scan_2d: empty range of {name}: [{lo}, {hi}]")
+    return name, np.linspace(lo, hi, int(n))
+
+
+def _profile_at(
+    model: lk.Model,
+    observed: np.ndarray,
+    fixed: Mapping[str, float],
+    start: np.ndarray,
+    *,
+    aux: lk.AuxData | None,
+    tolerance: float,
+) -> tuple[float, np.ndarray | None]:
+    """Minimum nll with ``fixed`` held (every other parameter profiled from ``start``) and the
+    parameters there; (NaN, None) when MIGRAD does not converge."""
+    fm = model.with_fixed(fixed)
+    init = np.asarray(start, dtype=np.float64).copy()
+    for name, value in fixed.items():
+        init[model.index(name)] = value
+    fm = replace(fm, init=init)
+    if all(fm.fixed):
+        return float(lk.Likelihood(fm, observed, aux)(init)), init
+    label = ", ".join(f"{k} = {v:.4g}" for k, v in fixed.items())
+    try:
+        res = lk.fit(
+            fm,
+            observed,
+            hesse=False,
+            require_valid=False,
+            tolerance=tolerance,
+            aux=aux,
+            label=label,
+        )
+    except (lk.FitError, ValueError, np.linalg.LinAlgError):
+        return float("nan"), None
+    if not res.status.valid:
+        return float("nan"), None
+    return float(res.nll), res.values
+
+
+def scan_2d(
+    model: lk.Model,
+    observed: np.ndarray,
+    axis1: Axis2D,
+    axis2: Axis2D,
+    *,
+    aux: lk.AuxData | None = None,
+    best: lk.FitResult | None = None,
+    n_sigma: float = 3.0,
+    tolerance: float = 0.001,
+) -> dict[str, Any]:
+    """Two-parameter profile-likelihood scan: ``2 Delta nll`` on the grid ``axis1 x axis2``.
+
+    Each axis is ``(parameter, (lo, hi) or None, n_points)``; None: the best fit +- ``n_sigma``
+    HESSE errors.  At each grid point both parameters are fixed and every other free parameter
+    is profiled (MIGRAD, ``tolerance`` as :func:`~vhbb.stats.likelihood.profile_nll`), starting
+    from the neighbouring point's minimum: the grid is walked as a snake (rows alternate
+    direction), so each fit starts one step away; a failed warm start is retried from the best
+    fit.  ``twice_delta_nll[i][j]`` belongs to ``(values[p1][i], values[p2][j])``, relative to
+    the global minimum (NaN where a fit failed); ``contours`` summarises the 68 % and 95 %
+    regions (:data:`SCAN_2D_LEVELS`, :func:`contour_summary`).
+    """
+    p1, p2 = axis1[0], axis2[0]
+    if p1 == p2:
+        raise ValueError(f"scan_2d: the two parameters must differ (both {p1})")
+    for p in (p1, p2):
+        if model.fixed[model.index(p)]:
+            raise ValueError(f"scan_2d: {p} is fixed in the model")
+    if best is None:
+        best = lk.fit(model, observed, aux=aux, tolerance=tolerance, label="2D scan best fit")
+    _, x1 = _axis_points(model, best, axis1, n_sigma)
+    _, x2 = _axis_points(model, best, axis2, n_sigma)
+    nll = np.full((len(x1), len(x2)), np.nan)
+    start = best.values.copy()
+    for i, a in enumerate(x1):
+        cols = range(len(x2)) if i % 2 == 0 else range(len(x2) - 1, -1, -1)
+        for j in cols:
+            point = {p1: float(a), p2: float(x2[j])}
+            value, where = _profile_at(model, observed, point, start, aux=aux, tolerance=tolerance)
+            if where is None:  # warm start failed: from the best fit
+                value, where = _profile_at(
+                    model, observed, point, best.values, aux=aux, tolerance=tolerance
+                )
+            nll[i, j] = value
+            if where is not None:
+                start = where
+    n_failed = int(np.isnan(nll).sum())
+    if n_failed:
+        log.warning("2D scan: %d of %d points did not converge", n_failed, nll.size)
+    nll_min = float(best.nll)
+    if np.isfinite(nll).any() and np.nanmin(nll) < nll_min:
+        if nll_min - np.nanmin(nll) > 1e-4:
+            log.warning(
+                "2D scan: a grid point is %.2g below the best fit (loose minimum); using it",
+                nll_min - np.nanmin(nll),
+            )
+        nll_min = float(np.nanmin(nll))
+    q = 2.0 * (nll - nll_min)
+    i1, i2 = model.index(p1), model.index(p2)
+    cov = best.covariance[np.ix_([i1, i2], [i1, i2])]
+    return {
+        "parameters": [p1, p2],
+        "values": {p1: x1.tolist(), p2: x2.tolist()},
+        "twice_delta_nll": q.tolist(),
+        "best_fit": {p1: best.value(p1), p2: best.value(p2)},
+        "hesse_errors": {p1: best.error(p1), p2: best.error(p2)},
+        "hesse_covariance": cov.tolist(),
+        "hesse_correlation": float(cov[0, 1] / math.sqrt(cov[0, 0] * cov[1, 1]))
+        if cov[0, 0] > 0 and cov[1, 1] > 0
+        else None,
+        "nll_min": nll_min,
+        "n_failed": n_failed,
+        "levels": dict(SCAN_2D_LEVELS),
+        "contours": {k: contour_summary(x1, x2, q, level) for k, level in SCAN_2D_LEVELS.items()},
+        "definition": "2 Delta nll = 2 [nll(p1, p2; others profiled) - nll-hat]",
+    }
+
+
+def upsample_2d(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, factor: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``z`` on a ``factor`` times finer grid: a bicubic spline through the points (linear for
+    fewer than 4 points per axis); failed (NaN) points are filled with the largest value."""
+    from scipy.interpolate import RectBivariateSpline
+
+    z = np.asarray(z, dtype=np.float64)
+    finite = np.isfinite(z)
+    if not finite.any():
+        raise ValueError("no finite point to interpolate")
+    z = np.where(finite, z, np.nanmax(z))
+    kx, ky = min(3, len(x) - 1), min(3, len(y) - 1)
+    spline = RectBivariateSpline(x, y, z, kx=kx, ky=ky)
+    fx = np.linspace(x[0], x[-1], (len(x) - 1) * factor + 1)
+    fy = np.linspace(y[0], y[-1], (len(y) - 1) * factor + 1)
+    return fx, fy, spline(fx, fy)
+
+
+def contour_summary(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, level: float, factor: int = 8
+) -> dict[str, Any]:
+    """Area and extent (bounding box) of the region ``z < level`` on the upsampled grid
+    (:func:`upsample_2d`); ``closed`` is false when the region touches the scan's edge (the
+    range is too small: the extent and area are lower bounds).  The extent along each axis is
+    where the minimum of ``z`` over the other axis crosses ``level`` (linear interpolation): the
+    profile interval of that parameter at ``2 Delta nll = level``."""
+    fx, fy, fz = upsample_2d(np.asarray(x), np.asarray(y), np.asarray(z), factor)
+    inside = fz < level
+    if not inside.any():
+        return {"level": level, "area": 0.0, "extent": None, "closed": False}
+    # each fine cell (midpoint rule) counts with its area
+    wx = np.full(len(fx), fx[1] - fx[0])
+    wy = np.full(len(fy), fy[1] - fy[0])
+    wx[[0, -1]] *= 0.5
+    wy[[0, -1]] *= 0.5
+    area = float(np.sum(inside * np.outer(wx, wy)))
+    edge = inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any()
+    return {
+        "level": level,
+        "area": area,
+        "extent": [_crossings(fx, fz.min(axis=1), level), _crossings(fy, fz.min(axis=0), level)],
+        "closed": not bool(edge),
+    }
+
+
+def _crossings(x: np.ndarray, m: np.ndarray, level: float) -> list[float]:
+    """Outermost ``x`` where ``m`` crosses ``level`` (linear interpolation; the grid's ends when
+    ``m`` stays below it there)."""
+    below = np.flatnonzero(m < level)
+    lo_i, hi_i = int(below[0]), int(below[-1])
+
+    def cross(i: int, k: int) -> float:  # between the inside point i and the outside point k
+        return float(x[i] + (x[k] - x[i]) * (level - m[i]) / (m[k] - m[i]))
+
+    lo = float(x[0]) if lo_i == 0 else cross(lo_i, lo_i - 1)
+    hi = float(x[-1]) if hi_i == len(x) - 1 else cross(hi_i, hi_i + 1)
+    return [lo, hi]
 
 
 def fit_summary(model: lk.Model, observed: np.ndarray, label: str) -> dict[str, Any]:
@@ -608,6 +818,30 @@ def pseudo_data(
     )
 
 
+def asimov_data(stage: FitStage, spec: Mapping[str, Any]) -> tuple[np.ndarray, str]:
+    """The signal fit's Asimov observations of ``stage`` (:func:`vhbb.fit.signal_fit.
+    _observations`: mu = 1, the control-region scale factors, nuisances nominal; the control
+    regions as in the fit) and a description."""
+    model = stage.fit.model
+    sr = model.meta.get("signal_region", stage.meta["signal_region"])
+    crs = list(model.meta.get("control_regions", []))
+    observed, labels = _observations(
+        model, stage.regions, sr, crs, control_region_data=bool(spec["control_region_data"])
+    )
+    return observed, "Asimov: " + "; ".join(f"{k}: {v}" for k, v in labels.items())
+
+
+def diagnosed_data(
+    stage: FitStage, spec: Mapping[str, Any], which: str, seed: int
+) -> tuple[np.ndarray, str]:
+    """``asimov`` (:func:`asimov_data`) or ``observed`` (:func:`pseudo_data`) observations."""
+    if which == "asimov":
+        return asimov_data(stage, spec)
+    if which == "observed":
+        return pseudo_data(stage.fit, stage.regions, stage.binning, stage.meta, seed)
+    raise ValueError(f"data must be one of {IMPACT_DATA}, got {which!r}")
+
+
 def _timed(label: str, func: Callable[[], Any], timings: dict[str, float]) -> Any:
     import time
 
@@ -616,6 +850,57 @@ def _timed(label: str, func: Callable[[], Any], timings: dict[str, float]) -> An
     timings[label] = time.perf_counter() - t0
     log.info("%s: %.1f s", label, timings[label])
     return out
+
+
+def impact_checks(
+    model: lk.Model,
+    observed: np.ndarray,
+    best: lk.FitResult,
+    settings: Mapping[str, Any],
+    *,
+    asimov: tuple[np.ndarray, str] | None,
+    obs_label: str,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Impacts and constraints on the data set of ``settings.impacts.data`` (``asimov``: the
+    expected ones, a fit of ``asimov``; ``observed``: of ``observed``, the fit ``best``), and
+    the pulls of the fit ``best`` beyond ``pull_flag_sigma``."""
+    which = str(settings.get("impacts", {}).get("data", "asimov"))
+    fraction = float(settings.get("constraint_flag_fraction", CONSTRAINT_FLAG_FRACTION))
+    n_sigma = float(settings.get("pull_flag_sigma", PULL_FLAG_SIGMA))
+    if which == "asimov":
+        if asimov is None:
+            raise ValueError("impacts on Asimov need the Asimov observations")
+        data, imp_best, label = asimov[0], None, asimov[1]
+    elif which == "observed":
+        data, imp_best, label = observed, best, obs_label
+    else:
+        raise ValueError(f"fit.diagnostics.impacts.data must be one of {IMPACT_DATA}: {which!r}")
+    imp = _timed(
+        "impacts",
+        lambda: impacts(model, data, imp_best, constraint_fraction=fraction),
+        timings,
+    )
+    imp["data"], imp["observations"] = which, label
+    pulled = pulled_nuisances(model, best, n_sigma)
+    warnings = [
+        f"{c['name']} is constrained on {which} data: post-fit error {c['postfit']:.3g} is "
+        f"{c['ratio']:.2f} of its pre-fit width {c['prefit']:.3g} (< {fraction:g})"
+        for c in imp["constrained_nuisances"]
+    ] + [
+        f"{p['name']} is pulled by {p['pull']:+.2f} pre-fit widths in the pseudo-data fit "
+        f"(|pull| > {n_sigma:g})"
+        for p in pulled
+    ]
+    for w in warnings:
+        log.warning("%s", w)
+    return {
+        "impacts": imp,
+        "impacts_data": {"data": which, "observations": label},
+        "constrained_nuisances": imp["constrained_nuisances"],
+        "pulled_nuisances": {"data": "observed", "n_sigma": n_sigma, "nuisances": pulled},
+        "warnings": warnings,
+    }
 
 
 def fit_checks(
@@ -627,12 +912,23 @@ def fit_checks(
     *,
     workers: int,
     timings: dict[str, float],
+    asimov: tuple[np.ndarray, str] | None = None,
+    obs_label: str = "observed",
 ) -> dict[str, Any]:
-    """Correlations, impacts, goodness of fit and signal injection of the fit ``best``."""
+    """Correlations, impacts (:func:`impact_checks`), goodness of fit and signal injection of
+    the fit ``best``."""
     points, n_inj = settings["injection"]["points"], int(settings["injection"]["n_toys"])
     return {
         "correlation": correlation(best, model),
-        "impacts": _timed("impacts", lambda: impacts(model, observed, best), timings),
+        **impact_checks(
+            model,
+            observed,
+            best,
+            settings,
+            asimov=asimov,
+            obs_label=obs_label,
+            timings=timings,
+        ),
         "goodness_of_fit": _timed(
             "goodness_of_fit",
             lambda: goodness_of_fit(
@@ -746,7 +1042,17 @@ def run_diagnostics(
         "mode": mode,
         "observations": obs_label,
         "fit": fit,
-        **fit_checks(model, observed, best, settings, seed, workers=workers, timings=timings),
+        **fit_checks(
+            model,
+            observed,
+            best,
+            settings,
+            seed,
+            workers=workers,
+            timings=timings,
+            asimov=asimov_data(stage, spec),
+            obs_label=obs_label,
+        ),
         "closure": closure_checks(
             stage, spec.get("truth"), settings, seed, workers=workers, timings=timings
         ),
@@ -776,6 +1082,77 @@ def run_diagnostics(
         fit["hesse_error"],
         doc["goodness_of_fit"]["p_value"],
         "n/a" if vfit is None else f"{vfit['value']:.3f}",
+    )
+    return doc
+
+
+def scan_model(model: lk.Model, parameters: Sequence[str], spec: Mapping[str, Any]) -> lk.Model:
+    """The model of a 2D scan: with ``mu_VZ`` (a free normalisation of the resonant processes,
+    :func:`vz_model` with mu floating) when scanned; the scanned parameters must exist."""
+    if VZ_POI in parameters:
+        vz_procs = [
+            p for p in model.processes if spec["processes"].get(p, {}).get("role") == "resonant"
+        ]
+        model = vz_model(model, vz_procs, bounds=tuple(spec["poi_bounds"]), fix_poi=False)
+        model = replace(model, poi=lk.POI if lk.POI in model.names else VZ_POI)
+    unknown = [p for p in parameters if p not in model.names]
+    if unknown:
+        raise lk.FitError(
+            f"fit.diagnostics.scan_2d.parameters: {unknown} not in the model "
+            f"({', '.join(n for n in model.names if not n.startswith('gamma_'))})"
+        )
+    return model
+
+
+def run_scan_2d(
+    hists_path: str,
+    sf_path: str,
+    *,
+    mode: str,
+    json_path: str,
+    spec: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Rule driver of ``scan_2d``: the two-parameter profile scan (:func:`scan_2d`) of one model
+    and mode on ``scan_2d.data`` (Asimov or the diagnostics' pseudo-data)."""
+    import time
+
+    settings = spec["scan_2d"]
+    stage = read_fit_stage(hists_path, sf_path, mode=mode, spec=spec)
+    params = list(settings["parameters"])
+    model = scan_model(stage.fit.model, params, spec)
+    observed, label = diagnosed_data(stage, spec, str(settings["data"]), int(spec["seed"]))
+    ranges = list(settings.get("ranges") or [None, None])
+    points = list(settings["points"])
+    t0 = time.perf_counter()
+    doc = scan_2d(
+        model,
+        observed,
+        (params[0], ranges[0], int(points[0])),
+        (params[1], ranges[1], int(points[1])),
+        n_sigma=float(settings["n_sigma"]),
+    )
+    elapsed = time.perf_counter() - t0
+    doc = {
+        "model": stage.meta["model"],
+        "mode": mode,
+        "data": settings["data"],
+        "observations": label,
+        **doc,
+        "time_s": elapsed,
+        "settings": dict(settings),
+        "provenance": provenance(dict(spec)),
+    }
+    write_json(json_path, doc)
+    c68 = doc["contours"]["68%"]
+    log.info(
+        "%s %s: 2D scan of %s x %s (%d x %d points, %d failed) in %.1f s; 68 %% extent %s",
+        doc["model"],
+        mode,
+        *params,
+        *points,
+        doc["n_failed"],
+        elapsed,
+        c68["extent"],
     )
     return doc
 

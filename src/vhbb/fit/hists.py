@@ -30,7 +30,12 @@ import numpy as np
 from vhbb.core.errors import ConfigError, InputError
 from vhbb.core.io import atomic_path, write_json
 from vhbb.core.provenance import provenance
-from vhbb.data.events import read_events, weight_variations
+from vhbb.data.events import (
+    read_events,
+    reweighting_entries,
+    reweighting_warnings,
+    weight_variations,
+)
 from vhbb.fit import templates as bn
 from vhbb.fit.templates import RegionHists
 
@@ -105,6 +110,7 @@ def read_samples(
     score_files: Mapping[str, str],
     spec: Mapping[str, Any],
     weight_systematics: Sequence[str] = (),
+    reweighting: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray] | None]:
     """MC events per process (samples of one process concatenated, with the ratio columns of
     ``weight_systematics``) and the data events with their ``fit_half`` flag (``cr_split ==
@@ -119,7 +125,13 @@ def read_samples(
         proc = samples[sample]["process"]
         is_mc = processes[proc]["role"] != "data"
         ev = read_events(
-            cache_path, score_files[sample], sample, is_mc, weight_systematics if is_mc else ()
+            cache_path,
+            score_files[sample],
+            sample,
+            is_mc,
+            weight_systematics if is_mc else (),
+            reweighting=reweighting,
+            process=proc,
         )
         if is_mc:
             bucket = mc_events.setdefault(proc, {})
@@ -260,15 +272,19 @@ def run_hists(
     root_path: str,
     binning_json: str,
     spec: Mapping[str, Any],
+    reweighting_files: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Rule driver: read the events, fill and merge the histograms of one model, write them."""
+    """Rule driver: read the events, fill and merge the histograms of one model, write them
+    (MC reweighted by the derived corrections ``reweighting_files``: name -> correctionlib file)."""
     settings = spec["binning"]
     sr, crs = spec["signal_region"], list(spec["control_regions"])
     blinded = bool(spec["blinding"]["enabled"])
-    weights = resolve_weight_systematics(
-        spec.get("weight_systematics", "auto"), available_weight_systematics(cache_files, spec)
-    )
-    mc, data = read_samples(cache_files, score_files, spec, weights)
+    rew = reweighting_entries(spec, reweighting_files or {})
+    available = available_weight_systematics(cache_files, spec)
+    for names in available.values():  # a derived reweighting's nuisance is in every MC sample
+        names.extend(e["name"] for e in rew if e["uncertainty"])
+    weights = resolve_weight_systematics(spec.get("weight_systematics", "auto"), available)
+    mc, data = read_samples(cache_files, score_files, spec, weights, rew)
     procs, signal = mc_processes(spec), signal_processes(spec)
     background = [p for p in procs if p not in signal]
     mjj_edges = np.asarray(settings["mjj_edges"], dtype=np.float64)
@@ -299,6 +315,8 @@ def run_hists(
         "cr_data_fit_fraction": float(spec["cr_data_fit_fraction"]),
         "blinded": blinded,
         "weight_systematics": weights,
+        "reweighting": [e["name"] for e in rew],
+        "warnings": reweighting_warnings(rew),
         "score_edges_mode": settings["score"]["mode"],
         "provenance": provenance(dict(spec)),
     }

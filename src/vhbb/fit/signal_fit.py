@@ -1,9 +1,11 @@
 """Signal-strength fit on m_jj x score templates (rules signal_fit, workspace; the model also for
 combine and diagnostics).
 
-**Observations per mode** (the signal region is always the Asimov data set at ``mu = 1`` with the
+**Observations per mode** (the signal region is the Asimov data set at ``mu = 1`` with the
 control-region scale factors of ``results/fits/scale_factors.json`` applied and every nuisance
-at its nominal value; the signal-region data are never used):
+at its nominal value, unless ``fit.signal_region_data`` resolves to ``observed``: then, with
+blinding off, the signal-region data, and ``signal_strength.json`` has ``truth_pull``, the pull
+of mu-hat against the toy's hidden truth):
 
 * ``fixed``: signal region only; the scale factors are fixed at the control-region values.
 * ``constrained``: signal region only; the scale factors float with a multivariate Gaussian
@@ -178,13 +180,26 @@ def _observations(
     crs: Sequence[str],
     *,
     control_region_data: bool,
+    signal_region_data: str = "asimov",
+    binning: Binning | None = None,
 ) -> tuple[np.ndarray, dict[str, str]]:
     """Asimov at the model's initial values (mu = 1, the CR scale factors, nuisances nominal);
-    the control regions' fit-half data instead when ``control_region_data`` and present."""
+    the control regions' fit-half data instead when ``control_region_data`` and present; the
+    signal-region data when ``signal_region_data == "observed"`` (unblinded only)."""
     observed = lk.asimov(model, model.init.copy()).copy()
     observations = {
         sr: "Asimov at mu = 1, scale factors of the control-region fit, nuisances nominal"
     }
+    if signal_region_data == "observed":
+        data = regions[sr].data
+        if data is None or binning is None:
+            raise InputError(
+                f"fit.signal_region_data is 'observed' but the histograms hold no {sr} data "
+                "(blinded histograms, or no data sample): rerun the hists rule unblinded"
+            )
+        ch = model.channel(sr)
+        observed[ch.start : ch.stop] = binning.apply(data)
+        observations[sr] = "data (unblinded signal region)"
     for cr in crs:
         data = regions[cr].data
         if control_region_data and data is not None:
@@ -251,7 +266,13 @@ def build_model(
         meta={"mode": mode, "signal_region": sr, "control_regions": crs},
     )
     observed, observations = _observations(
-        model, regions, sr, crs, control_region_data=spec["control_region_data"]
+        model,
+        regions,
+        sr,
+        crs,
+        control_region_data=spec["control_region_data"],
+        signal_region_data=spec.get("signal_region_data", "asimov"),
+        binning=binning,
     )
     sr_ch = model.channel(sr)
     sig_rows = [model.processes.index(p) for p in signal]
@@ -423,6 +444,8 @@ def run_signal_fit(
         "parameters": list(model.names),
         **{k: result[k] for k in ("nuisances", "correlation_with_mu", "status", "scan", "nll")},
         "limits": limits,
+        "truth_pull": truth_pull(result, spec),
+        "warnings": list(meta.get("warnings", [])),  # upstream (warn mode), from hists.h5
         "method": {
             "likelihood": "binned Poisson in m_jj x score (unrolled, merged), HistFactory "
             "modifiers (vhbb.stats.likelihood)",
@@ -436,6 +459,23 @@ def run_signal_fit(
     write_json(plot_data, fit_plot_data(inp, best))
     write_json(json_path, doc)
     return doc
+
+
+def truth_pull(result: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``(mu-hat - mu_true) / sigma`` of an observed fit of the toy's pseudo-data (sigma: the MINOS
+    error on the side of the truth); None for Asimov fits or data without a known truth."""
+    truth = spec.get("truth")
+    if spec.get("signal_region_data") != "observed" or not truth:
+        return None
+    mu_true = float(truth["mu"])
+    err = result["mu_err_up"] if result["mu"] < mu_true else result["mu_err_down"]
+    pull = (result["mu"] - mu_true) / err if err > 0 else float("nan")
+    return {
+        "mu_true": mu_true,
+        "pull": float(pull),
+        "within_3_sigma": bool(abs(pull) < 3.0),
+        "mismodelling": truth.get("mismodelling"),
+    }
 
 
 def provenance_path(path: str) -> str:

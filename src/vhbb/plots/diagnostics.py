@@ -16,6 +16,8 @@ import numpy as np
 
 from vhbb.plots.style import cms_label, pyplot, save
 
+FLAG_COLOR = "red"  # nuisances flagged as constrained in the impact figure
+
 
 def _title(ax: Any, title: str) -> None:
     ax.text(0.02, 0.98, title, transform=ax.transAxes, ha="left", va="top", fontsize=14)
@@ -24,9 +26,13 @@ def _title(ax: Any, title: str) -> None:
 def impacts(
     path: str | Path, doc: Mapping[str, Any], *, title: str, lumi: float | None = None
 ) -> None:
-    """Ranking plot: post-fit (filled) and pre-fit (open) +-1 sigma impacts on the POI."""
+    """Ranking plot: post-fit (filled) and pre-fit (open) +-1 sigma impacts on the POI.
+
+    Nuisances flagged as constrained (``constrained``: post-fit error below
+    ``constraint_flag_fraction`` of the prior) get a red label with their ratio and a marker."""
     plt = pyplot()
     names: Sequence[str] = list(doc["ranking"])
+    flagged = {n for n in names if doc["nuisances"][n].get("constrained")}
     n = max(len(names), 1)
     fig, ax = plt.subplots(figsize=(10, max(4.0, 0.6 * n + 2.5)))
     y = np.arange(len(names))[::-1]
@@ -43,12 +49,44 @@ def impacts(
 
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Patch(fill=False, edgecolor="k", label="pre-fit $\\pm1\\sigma$"))
-    ax.set_yticks(y, names, fontsize=12)
+    labels = [
+        f"{n} (post/pre {doc['nuisances'][n]['constraint_ratio']:.2f})" if n in flagged else n
+        for n in names
+    ]
+    ax.set_yticks(y, labels, fontsize=12)
+    for k, tick in enumerate(ax.get_yticklabels()):
+        if names[k] in flagged:
+            tick.set_color(FLAG_COLOR)
+    if flagged:
+        from matplotlib.lines import Line2D
+
+        ky = [y[k] for k, n in enumerate(names) if n in flagged]
+        ax.plot(
+            [0.985] * len(ky),
+            ky,
+            "<",
+            color=FLAG_COLOR,
+            markersize=10,
+            transform=ax.get_yaxis_transform(),
+            clip_on=False,
+        )
+        frac = doc.get("constraint_flag_fraction", 0.5)
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="<",
+                color=FLAG_COLOR,
+                linestyle="none",
+                label=f"constrained: post/pre-fit $\\sigma$ < {frac:g}",
+            )
+        )
     ax.axvline(0, color="0.3", linewidth=1)
     ax.set_xlabel(f"impact on {doc['poi']}")
     ax.legend(handles=handles, fontsize=11, loc="lower right")
+    data = f" ({doc['data']})" if doc.get("data") else ""
     ax.set_title(
-        f"{title}; total {doc['total_error']:.3f}, stat-only {doc['stat_only_error']:.3f}",
+        f"{title}{data}; total {doc['total_error']:.3f}, stat-only {doc['stat_only_error']:.3f}",
         fontsize=13,
         loc="left",
         pad=28,
@@ -223,5 +261,65 @@ def binning_scan(
             ha="center",
         )
     _title(ax, f"{title} (labels: merged bins)")
+    cms_label(ax, lumi)
+    save(fig, path)
+
+
+def _param_label(name: str) -> str:
+    return {"mu": r"$\mu_{ZH}$", "mu_VZ": r"$\mu_{VZ}$"}.get(name, name)
+
+
+def scan_2d(
+    path: str | Path, doc: Mapping[str, Any], *, title: str, lumi: float | None = None
+) -> None:
+    """2 Delta NLL of a two-parameter profile scan (colour), its 68 % and 95 % contours
+    (bicubic interpolation of the grid), the best fit, the HESSE ellipses and the SM point."""
+    from vhbb.fit.diagnostics import upsample_2d
+
+    plt = pyplot()
+    p1, p2 = doc["parameters"]
+    x = np.asarray(doc["values"][p1], dtype=np.float64)
+    y = np.asarray(doc["values"][p2], dtype=np.float64)
+    z = np.array(
+        [[np.nan if v is None else v for v in row] for row in doc["twice_delta_nll"]],
+        dtype=np.float64,
+    )
+    levels = dict(doc["levels"])
+    fig, ax = plt.subplots(figsize=(10, 8.5))
+    top = max(float(np.nanmax(z)) if np.isfinite(z).any() else 1.0, 1.0)
+    mesh = ax.pcolormesh(x, y, z.T, shading="nearest", cmap="viridis_r", vmin=0, vmax=top)
+    fig.colorbar(mesh, ax=ax, label=r"$-2\Delta\ln L$")
+    if np.isfinite(z).any():
+        fx, fy, fz = upsample_2d(x, y, z)
+        styles = {"68%": "-", "95%": "--"}
+        for name, level in levels.items():
+            ax.contour(fx, fy, fz.T, levels=[level], colors="k", linestyles=styles.get(name, ":"))
+            ax.plot([], [], styles.get(name, ":"), color="k", label=f"{name} CL")
+    cov = np.asarray(doc.get("hesse_covariance") or np.zeros((2, 2)), dtype=np.float64)
+    bx, by = doc["best_fit"][p1], doc["best_fit"][p2]
+    if np.all(np.isfinite(cov)) and np.linalg.det(cov) > 0:
+        vals, vecs = np.linalg.eigh(cov)
+        t = np.linspace(0, 2 * np.pi, 200)
+        circle = np.stack([np.cos(t), np.sin(t)])
+        for k, level in enumerate(levels.values()):
+            pts = vecs @ (np.sqrt(vals * level)[:, None] * circle)
+            ax.plot(
+                bx + pts[0],
+                by + pts[1],
+                ":",
+                color="C1",
+                linewidth=1.5,
+                label="HESSE ellipses" if k == 0 else None,
+            )
+    ax.plot(bx, by, "P", color="C3", markersize=13, label="best fit")
+    if x[0] <= 1.0 <= x[-1] and y[0] <= 1.0 <= y[-1]:
+        ax.plot(1.0, 1.0, "*", color="k", markersize=14, label="SM")
+    ax.set_xlabel(_param_label(p1))
+    ax.set_ylabel(_param_label(p2))
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylim(y[0], y[-1])
+    ax.legend(fontsize=12, loc="upper right", framealpha=0.8)
+    data = f" ({doc['data']})" if doc.get("data") else ""
+    ax.set_title(f"{title}{data}", fontsize=13, loc="left", pad=28)
     cms_label(ax, lumi)
     save(fig, path)

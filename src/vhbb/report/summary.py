@@ -81,7 +81,7 @@ def model_checks(model: str, metrics: Mapping[str, Any], threshold: float) -> li
 def fit_checks(model: str, mode: str, result: Mapping[str, Any]) -> list[Check]:
     status = result.get("status", {})
     ok = bool(status.get("valid")) and bool(status.get("covariance_accurate", True))
-    return [
+    out = [
         Check(
             stage="fit",
             name="fit converged",
@@ -91,6 +91,22 @@ def fit_checks(model: str, mode: str, result: Mapping[str, Any]) -> list[Check]:
             message=", ".join(f"{k}={v}" for k, v in status.items() if isinstance(v, bool)),
         )
     ]
+    pull = result.get("truth_pull")
+    if pull:  # an observed fit of the toy's pseudo-data: the closure against the hidden truth
+        mism = pull.get("mismodelling") or {}
+        out.append(
+            compare(
+                "fit",
+                "closure |mu-hat - mu_true| / sigma",
+                f"{model}/{mode}",
+                abs(float(pull["pull"])),
+                3.0,
+                "<",
+                message=f"mu_true = {pull['mu_true']}, pull {pull['pull']:+.2f}; mismodelling "
+                + ("on" if mism.get("enabled") else "off"),
+            )
+        )
+    return out
 
 
 def diagnostics_checks(model: str, mode: str, diag: Mapping[str, Any]) -> list[Check]:
