@@ -69,6 +69,35 @@ def test_no_stop_restores_the_best_and_says_maximum_reached():
     assert hist.stopped.startswith("maximum epochs reached")
 
 
+def test_min_epochs_keeps_the_warm_up_out_of_the_best_and_the_stop():
+    """An objective lowest in the first epochs (a nearly constant score has dCor ~ 0): with
+    min_epochs 6 the restored epoch is the best one from epoch 6 on, never epoch 1-5."""
+    nets, opts, data, phases = setup()
+    curve = {e: 1.0 / e if e >= 8 else 0.1 * e for e in range(1, 100)}  # min at 1, then at 8+
+    snaps = {}
+
+    def v():  # type: ignore[no-untyped-def]
+        epoch = len(snaps) + 1
+        snaps[epoch] = {k: t.clone() for k, t in nets["net"].state_dict().items()}
+        return {"val/bce": curve[epoch] if epoch < 12 else 1.0}
+
+    rule = engine.EarlyStopping(objective=lambda e: e["val/bce"], patience=3, min_epochs=6)
+    hist = engine.train(nets, opts, data, phases, batch_size=64, seed=5, validate=v,
+                        early_stopping=rule, progress=False)  # fmt: skip
+    assert hist.best_epoch == 11 and hist.stop_epoch == 14
+    for k, t in nets["net"].state_dict().items():
+        assert torch.equal(t, snaps[11][k])
+    # without the warm-up, epoch 1 is restored and the training stops at epoch 4
+    nets, opts, data, phases = setup()
+    snaps.clear()
+    rule = engine.EarlyStopping(objective=lambda e: e["val/bce"], patience=3)
+    hist = engine.train(nets, opts, data, phases, batch_size=64, seed=5, validate=v,
+                        early_stopping=rule, progress=False)  # fmt: skip
+    assert hist.best_epoch == 1 and hist.stop_epoch == 4
+    with pytest.raises(ValueError, match="min_epochs"):
+        engine.EarlyStopping(objective=lambda e: 0.0, min_epochs=-1)
+
+
 class Killed(Exception):
     pass
 

@@ -79,7 +79,8 @@ class EarlyStopping:
     higher (``"max"``).  An improvement must beat the best by more than ``min_delta``.  Only
     epochs of the ``phases`` named (all when ``None``) are monitored, so pre-training phases
     never stop a training, and only validated epochs (see :attr:`Phase.validate_every`):
-    ``patience`` counts epochs since the best, not validations.  At the end (stopped or not)
+    ``patience`` counts epochs since the best, not validations.  Epochs before ``min_epochs``
+    are recorded but neither become the best nor stop the training.  At the end (stopped or not)
     the networks are restored to the best monitored epoch.  The tracker's state travels in
     every checkpoint, so a resumed training stops at the same epoch with the same result.
     """
@@ -90,8 +91,14 @@ class EarlyStopping:
     patience: int = 10
     min_delta: float = 0.0
     phases: tuple[str, ...] | None = None
+    #: epochs (counted over all phases) before which no epoch can be the best or stop the
+    #: training: an objective that includes a decorrelation term is lowest for the nearly
+    #: constant score of the first epochs, which must not be restored as "the best model"
+    min_epochs: int = 0
 
     def __post_init__(self) -> None:
+        if self.min_epochs < 0:
+            raise ValueError(f"early stopping min_epochs must be >= 0, got {self.min_epochs}")
         if self.mode not in ("min", "max"):
             raise ValueError(f"early stopping mode must be 'min' or 'max', not {self.mode!r}")
         if self.patience < 1:
@@ -117,6 +124,8 @@ class _Tracker:
             return False
         value = float(self.rule.objective(entry))
         entry[self.rule.monitor] = value
+        if epoch < self.rule.min_epochs:  # warm-up: recorded, never the best, never a stop
+            return False
         elapsed = 1 if self.last_epoch is None else epoch - self.last_epoch
         self.last_epoch = epoch
         sign = 1.0 if self.rule.mode == "min" else -1.0

@@ -292,6 +292,7 @@ def early_stopping(spec: Mapping[str, Any], plan: Any) -> Any:
         patience=int(cfg["patience"]),
         min_delta=float(cfg["min_delta"]),
         phases=plan.monitored_phases,
+        min_epochs=int(cfg.get("min_epochs", 0)),
     )
 
 
