@@ -20,7 +20,7 @@ def base() -> dict:
     return cfgmod.load_config([CONFIGS / "config.yaml"])
 
 
-@pytest.mark.parametrize("overlay", [None, "test.yaml", "full.yaml"])
+@pytest.mark.parametrize("overlay", [None, "test.yaml", "full.yaml", "unblinded.yaml"])
 def test_shipped_configs_validate(overlay):
     paths = [CONFIGS / "config.yaml"] + ([CONFIGS / overlay] if overlay else [])
     config = cfgmod.load_config(paths)
