@@ -66,6 +66,7 @@ from vhbb.fit.scale_factors import fit_scale_factors
 from vhbb.fit.signal_fit import FitStage, _observations, read_fit_stage
 from vhbb.stats import likelihood as lk
 from vhbb.stats import toys as st
+from vhbb.stats.histograms import upsample_2d
 from vhbb.stats.results import RegionHistogram
 
 log = logging.getLogger(__name__)
@@ -640,25 +641,6 @@ def scan_2d(
         "contours": {k: contour_summary(x1, x2, q, level) for k, level in SCAN_2D_LEVELS.items()},
         "definition": "2 Delta nll = 2 [nll(p1, p2; others profiled) - nll-hat]",
     }
-
-
-def upsample_2d(
-    x: np.ndarray, y: np.ndarray, z: np.ndarray, factor: int = 8
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``z`` on a ``factor`` times finer grid: a bicubic spline through the points (linear for
-    fewer than 4 points per axis); failed (NaN) points are filled with the largest value."""
-    from scipy.interpolate import RectBivariateSpline
-
-    z = np.asarray(z, dtype=np.float64)
-    finite = np.isfinite(z)
-    if not finite.any():
-        raise ValueError("no finite point to interpolate")
-    z = np.where(finite, z, np.nanmax(z))
-    kx, ky = min(3, len(x) - 1), min(3, len(y) - 1)
-    spline = RectBivariateSpline(x, y, z, kx=kx, ky=ky)
-    fx = np.linspace(x[0], x[-1], (len(x) - 1) * factor + 1)
-    fy = np.linspace(y[0], y[-1], (len(y) - 1) * factor + 1)
-    return fx, fy, spline(fx, fy)
 
 
 def contour_summary(

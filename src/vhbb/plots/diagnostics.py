@@ -274,7 +274,7 @@ def scan_2d(
 ) -> None:
     """2 Delta NLL of a two-parameter profile scan (colour), its 68 % and 95 % contours
     (bicubic interpolation of the grid), the best fit, the HESSE ellipses and the SM point."""
-    from vhbb.fit.diagnostics import upsample_2d
+    from vhbb.stats.histograms import upsample_2d
 
     plt = pyplot()
     p1, p2 = doc["parameters"]

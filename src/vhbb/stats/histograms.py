@@ -87,3 +87,22 @@ def bin_index(values: ArrayLike, edges: ArrayLike) -> NDArray[np.intp]:
     """Bin of each value under the histogram edge rule (``[lo, hi)``, flow clipped in)."""
     e = np.asarray(edges, dtype=np.float64)
     return np.clip(np.searchsorted(e, np.asarray(values), side="right") - 1, 0, len(e) - 2)
+
+
+def upsample_2d(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, factor: int = 8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``z`` on a ``factor`` times finer grid: a bicubic spline through the points (linear for
+    fewer than 4 points per axis); failed (NaN) points are filled with the largest value."""
+    from scipy.interpolate import RectBivariateSpline
+
+    z = np.asarray(z, dtype=np.float64)
+    finite = np.isfinite(z)
+    if not finite.any():
+        raise ValueError("no finite point to interpolate")
+    z = np.where(finite, z, np.nanmax(z))
+    kx, ky = min(3, len(x) - 1), min(3, len(y) - 1)
+    spline = RectBivariateSpline(x, y, z, kx=kx, ky=ky)
+    fx = np.linspace(x[0], x[-1], (len(x) - 1) * factor + 1)
+    fy = np.linspace(y[0], y[-1], (len(y) - 1) * factor + 1)
+    return fx, fy, spline(fx, fy)
