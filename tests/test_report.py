@@ -92,3 +92,13 @@ def test_report_captions_rendered(report):
             assert wildcards["region"] in entry["caption"], key
         if props["rule"] == "train_model":
             assert wildcards["model"] in json.dumps(entry), key
+
+
+def test_summary_takes_the_median_of_the_expected_limit_band():
+    """signal_strength.json stores the expected CLs limits as the five-point band: the summary
+    page shows its median (the default chain's summary failed on the list)."""
+    from vhbb.report.summary import _median_expected
+
+    assert _median_expected([0.6, 0.8, 1.1, 1.6, 2.2]) == 1.1
+    assert _median_expected(1.3) == 1.3
+    assert _median_expected(None) is None and _median_expected([]) is None

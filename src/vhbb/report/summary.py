@@ -78,6 +78,13 @@ def model_checks(model: str, metrics: Mapping[str, Any], threshold: float) -> li
     return out
 
 
+def _median_expected(expected: Any) -> float | None:
+    """The median expected limit of a ``limits.expected`` band (five values) or a number."""
+    if isinstance(expected, list | tuple):
+        return None if len(expected) != 5 or expected[2] is None else float(expected[2])
+    return None if expected is None else float(expected)
+
+
 def fit_checks(model: str, mode: str, result: Mapping[str, Any]) -> list[Check]:
     status = result.get("status", {})
     ok = bool(status.get("valid")) and bool(status.get("covariance_accurate", True))
@@ -218,7 +225,8 @@ def collect(
                 "mu_err_down": r["mu_err_down"],
                 "significance": r["significance"],
                 "limit": (r.get("limits") or {}).get("observed"),
-                "limit_expected": (r.get("limits") or {}).get("expected"),
+                # the median of the expected band (-2, -1, 0, +1, +2 sigma)
+                "limit_expected": _median_expected((r.get("limits") or {}).get("expected")),
             }
         )
     for key, path in sorted(diagnostics.items()):
