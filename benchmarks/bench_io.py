@@ -146,7 +146,7 @@ def run(quick: bool = False) -> dict:
         fs["n_events"],
         toy.derive_seed(fs["seed"], nano_sample, 0),
         0,
-        jes=(fs["jes"]["constant"], fs["jes"]["over_pt"]),
+        jes=fs["jes_sources"],
     )
     nano_path = str(tmp / "nanoaod" / "part0.root")
     toy.write_tree(nano_path, nanoaod_branches(flat), fs["compression"])

@@ -181,8 +181,12 @@ def toy_sr_export():
     w = table["weight"]
     data = {
         "x": table["features/nominal"],
-        "x_jesUp": table["features/jesUp"],
-        "x_jesDown": table["features/jesDown"],
+        # the JES-varied inputs x_jes_<source>Up/Down (every source of the toy)
+        **{
+            k.replace("features/", "x_"): v
+            for k, v in table.items()
+            if k.startswith("features/jes_")
+        },
         "label": table["label"].astype(np.int64),
         "loss_weight": w,
         "decorr_weight": np.where(nonres, np.abs(w), 0.0),

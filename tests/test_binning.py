@@ -56,9 +56,12 @@ def test_merging_without_background_fails():
         bn.merge_bins(np.zeros((3, 3)), np.zeros((3, 3)), min_background=1, min_mc_effective=1)
 
 
+VARIATIONS = ("jes_absoluteUp", "jes_absoluteDown", "jes_ptUp", "jes_ptDown")
+
+
 def _region_events(rng, n):  # type: ignore[no-untyped-def]
     ev = {"weight": rng.normal(1, 0.5, n)}
-    for sfx in ("", "_jesUp", "_jesDown"):
+    for sfx in ("", *(f"_{v}" for v in VARIATIONS)):
         ev["region" + sfx] = np.where(rng.uniform(size=n) < 0.6, "SR", "CR")
         ev["m_jj" + sfx] = rng.uniform(50, 250, n)
         ev["score" + sfx] = rng.uniform(0, 1, n)
@@ -81,14 +84,16 @@ def test_storage_roundtrip_hdf5_and_root(tmp_path):
     assert meta == {"model": "m"} and np.array_equal(b2.bin_map, binning.bin_map)
     for r in regions:
         for p in events:
-            for var in bn.VARIATIONS:
+            assert tuple(regions[r].mc[p]) == ("nominal", *VARIATIONS)  # found in the columns
+            for var in bn.variations(jes_sources=["absolute", "pt"]):
                 for a, b in zip(back[r].mc[p][var], regions[r].mc[p][var], strict=True):
                     np.testing.assert_allclose(a, b)
         np.testing.assert_allclose(back[r].data, regions[r].data)
     with uproot.open(tmp_path / "h.root") as fin:
-        h = fin["SR/ZH_jesUp"]
-        np.testing.assert_allclose(h.values(), regions["SR"].mc["ZH"]["jesUp"][0])
-        np.testing.assert_allclose(h.variances(), regions["SR"].mc["ZH"]["jesUp"][1])
+        for var in VARIATIONS:
+            h = fin[f"SR/ZH_{var}"]
+            np.testing.assert_allclose(h.values(), regions["SR"].mc["ZH"][var][0])
+            np.testing.assert_allclose(h.variances(), regions["SR"].mc["ZH"][var][1])
         np.testing.assert_allclose(fin["CR/data_obs"].values(), regions["CR"].data)
 
 
@@ -116,7 +121,7 @@ def test_hists_plot_data_and_blinded_projections(tmp_path):
     np.testing.assert_array_equal(sr_data["m_jj"], data["m_jj"][side])
 
     mjj_edges, s_edges = np.array([50.0, 90, 150, 250]), np.array([0.0, 0.5, 1.0])
-    columns = {f"{k}{v}": data[k] for k in data for v in ("", "_jesUp", "_jesDown")}
+    columns = {f"{k}{v}": data[k] for k in data for v in ("", "_jes_aUp", "_jes_aDown")}
     mc = {"B": {"weight": np.full(n, 2.0), **columns}}
     regions = {r: bn.fill_region(r, mc, mjj_edges=mjj_edges, score_edges=s_edges,
                                  data_events=None) for r in ("SR", "CR")}  # fmt: skip

@@ -52,9 +52,13 @@ def test_flat_cache_chunking_does_not_change_result(toy_file):
     assert 0 < len(small) < 6000
 
 
+SOURCES = ("absolute", "pt", "flavour")
+VARIATIONS = [f"jes_{s}{side}" for s in SOURCES for side in ("Up", "Down")]
+
+
 def test_regions_are_exclusive_and_migrate_under_jes(toy_file):
     frame, _ = _cache(toy_file)
-    for col in ("region", "region_jesUp", "region_jesDown"):
+    for col in ("region", *(f"region_{v}" for v in VARIATIONS)):
         assert set(frame[col].astype(str)) <= {"none", *REGIONS}
     # each event sits in at most one region by construction; check against the expressions
     cols = {c: frame[c].to_numpy(np.float64) for c in cache.DERIVED_COLUMNS}
@@ -63,7 +67,75 @@ def test_regions_are_exclusive_and_migrate_under_jes(toy_file):
     masks = np.array([expressions.evaluate(e, cols) for e in REGIONS.values()])
     presel = expressions.evaluate(PRESEL, cols)
     assert (masks & presel).sum(axis=0).max() <= 1
-    assert (frame["region"] != frame["region_jesUp"]).any(), "JES should migrate some events"
+    for var in VARIATIONS:
+        assert (frame["region"] != frame[f"region_{var}"]).any(), f"{var} migrates no event"
+
+
+def test_every_jes_source_has_its_columns_migrations_and_metadata(toy_file, tmp_path):
+    """Per source: the varied columns and regions (recomputed from the varied columns with the
+    region expressions), events migrating, the sources listed in the file and sample metadata."""
+    from vhbb.data import expressions, jes
+
+    frame, stats = _cache(toy_file)
+    assert stats["jes_sources"] == list(SOURCES)
+    assert cache.flat_jes_sources(list(uproot.open(toy_file)["Events"].keys())) == list(SOURCES)
+    region_cols = [c for c in frame.columns if c.startswith("region_")]
+    assert region_cols == [f"region_{v}" for v in VARIATIONS]
+    shifts = {}
+    for var in VARIATIONS:
+        assert {f"{c}_{var}" for c in cache.VARIED_COLUMNS} <= set(frame.columns)
+        ns = {c: frame[c].to_numpy(np.float64) for c in cache.DERIVED_COLUMNS}
+        ns.update({c: frame[f"{c}_{var}"].to_numpy(np.float64) for c in cache.VARIED_COLUMNS})
+        want = np.full(len(frame), "none", dtype=object)
+        presel = expressions.evaluate(PRESEL, ns).astype(bool)
+        for name, expr in REGIONS.items():
+            want[presel & expressions.evaluate(expr, ns).astype(bool)] = name
+        assert frame[f"region_{var}"].astype(str).tolist() == want.tolist(), var
+        moved = frame[f"region_{var}"].astype(str) != frame["region"].astype(str)
+        assert moved.sum() > 0, var
+        shifts[var] = frame[f"m_jj_{var}"].to_numpy(np.float64) / frame["m_jj"].to_numpy()
+    # up raises and down lowers m_jj; the sources act differently (pT-dependent, by flavour)
+    for source in SOURCES:
+        assert (shifts[f"jes_{source}Up"] > 1).all() and (shifts[f"jes_{source}Down"] < 1).all()
+    assert np.std(shifts["jes_absoluteUp"]) < 1e-5 < np.std(shifts["jes_ptUp"])
+    assert not np.allclose(shifts["jes_flavourUp"], shifts["jes_absoluteUp"])
+    # the sources in the parquet metadata, of every file and of the merged sample
+    part = tmp_path / "part0.parquet"
+    cache.write_parquet(part, frame, stats)
+    assert cache.read_metadata(part)["jes_sources"] == list(SOURCES)
+    merged, mstats = cache.merge_sample(
+        [frame], [cache.read_metadata(part)], sample="TT", is_mc=True, xsec_pb=1.0, lumi_fb=1.0
+    )
+    assert mstats["jes_sources"] == list(SOURCES)
+    out = tmp_path / "TT.parquet"
+    cache.write_parquet(out, merged, mstats)
+    from vhbb.data.events import jes_sources
+
+    assert jes_sources(str(out)) == list(SOURCES) == jes.sources_in(frame.columns, "region_")
+    # files of one sample with other sources are an error
+    other = dict(stats, jes_sources=["absolute"])
+    with pytest.raises(DataError, match=r"sample 'TT': its files differ in the JES sources"):
+        cache.merge_sample(
+            [frame, frame.iloc[:0]], [stats, other], sample="TT", is_mc=True, xsec_pb=1.0,
+            lumi_fb=1.0,
+        )  # fmt: skip
+    # data: no JES column, no source
+    data, dstats = _cache(toy_file, is_mc=False)
+    assert dstats["jes_sources"] == [] and not any("jes" in c for c in data.columns)
+
+
+def test_single_source_flat_file_is_an_error_with_a_hint(toy_file, tmp_path):
+    """A flat MC tree of the older single-source toy (<branch>_jesUp/Down) names the problem."""
+    with uproot.open(toy_file) as fin:
+        arrays = fin["Events"].arrays(library="np")
+    old = {k: v for k, v in arrays.items() if "_jes_" not in k}
+    for side in ("Up", "Down"):
+        for k in [k for k in arrays if k.endswith(f"_jes_absolute{side}")]:
+            old[k.replace(f"_jes_absolute{side}", f"_jes{side}")] = arrays[k]
+    path = tmp_path / "old.root"
+    toy.write_tree(path, old)
+    with pytest.raises(InputError, match=r"no JES variation branches.*older toy.*regenerate"):
+        _cache(path)
 
 
 def test_overlapping_regions_are_an_error(toy_file):
@@ -135,11 +207,11 @@ def test_nan_values_dropped_or_error(toy_file, tmp_path):
 def test_empty_region_gives_valid_empty_output(toy_file, tmp_path):
     frame, stats = _cache(toy_file, preselection="met_pt > 1e9")
     assert len(frame) == 0 and stats["n_selected"] == 0
-    assert {"m_jj", "region", "region_jesUp", "weight"} - {"weight"} <= set(frame.columns)
+    assert {"m_jj", "region", *(f"region_{v}" for v in VARIATIONS)} <= set(frame.columns)
     out = tmp_path / "empty.parquet"
     cache.write_parquet(out, frame, stats)
     back = pd.read_parquet(out)
-    assert len(back) == 0 and "m_jj_jesUp" in back.columns
+    assert len(back) == 0 and {f"m_jj_{v}" for v in VARIATIONS} <= set(back.columns)
 
 
 def test_unknown_column_in_region(toy_file):
@@ -176,7 +248,8 @@ def test_nanoaod_loose_selection(nanoaod):
     assert stats["sum_gen_weight"] == pytest.approx((200 - 2 * 26) * 225892.45, rel=1e-6)
     # four-vector quantities are physical; JES variations exist and move m_jj
     assert (frame["m_jj"] > 0).all() and (frame["dr_jj"] > 0.3).all()
-    assert (frame["m_jj_jesUp"] > frame["m_jj"]).all()
+    assert stats["jes_sources"] == ["total"]  # the nanoaod layout's default source
+    assert (frame["m_jj_jes_totalUp"] > frame["m_jj"]).all()
     # m_jj cross-check with an independent computation
     with uproot.open(nanoaod) as fin:
         ev = fin["Events"].arrays(

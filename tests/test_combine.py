@@ -17,8 +17,14 @@ def _constrained(model: lk.Model) -> lk.Model:
     centre = np.array([model.init[model.index(n)] for n in names])
     nominal = {p: model.nominal[k] for k, p in enumerate(model.processes)}
     sumw2 = {p: model.sumw2[k] for k, p in enumerate(model.processes)}
+    # two JES sources as the chain names them: the toy model's jes and a pT-like tilt
     jes = {
         p: (model.nominal[k] + model.histo_up[0, k], model.nominal[k] - model.histo_down[0, k])
+        for k, p in enumerate(model.processes)
+    }
+    tilt = np.linspace(-0.02, 0.04, model.n_bins)
+    jes_pt = {
+        p: (model.nominal[k] * (1 + tilt), model.nominal[k] * (1 - 0.8 * tilt))
         for k, p in enumerate(model.processes)
     }
     return lk.make_model(
@@ -29,7 +35,7 @@ def _constrained(model: lk.Model) -> lk.Model:
             "mu": lk.NormFactor(("ZH",), 1.0, (-20, 20)),
             **{n: lk.NormFactor((n[3:],), c, (0, 10)) for n, c in zip(names, centre, strict=True)},
         },
-        histosys={"jes": jes},
+        histosys={"jes_absolute": jes, "jes_pt": jes_pt},
         normsys={"lumi": {"ZH": (1 / 1.025, 1.025)}, "xs_VZ": {"VZ": (0.9, 1.12)}},
         stat="profile",
         gauss=(names, centre, cov),
@@ -77,14 +83,19 @@ def test_round_trip(tmp_path, kind):
         s = scale[col["process"]]
         np.testing.assert_array_equal(values, model.nominal[p_i, sl] * s)
         np.testing.assert_array_equal(variances, model.sumw2[p_i, sl] * s**2)
-        assert card["systematics"]["jes"]["type"] == "shape"
-        up, _ = shapes[ch.name][f"{col['process']}_jesUp"]
-        down, _ = shapes[ch.name][f"{col['process']}_jesDown"]
-        h = list(model.names[int(i)] for i in model.histo_index).index("jes")
-        np.testing.assert_array_equal(up, (model.nominal[p_i, sl] + model.histo_up[h, p_i, sl]) * s)
-        np.testing.assert_array_equal(
-            down, (model.nominal[p_i, sl] - model.histo_down[h, p_i, sl]) * s
-        )
+        shape_names = [model.names[int(i)] for i in model.histo_index]
+        want = ["jes_absolute", "jes_pt"] if kind == "constrained" else ["jes"]
+        assert shape_names == want
+        for h, name in enumerate(shape_names):  # every JES source: its own shape line
+            assert card["systematics"][name]["type"] == "shape"
+            up, _ = shapes[ch.name][f"{col['process']}_{name}Up"]
+            down, _ = shapes[ch.name][f"{col['process']}_{name}Down"]
+            np.testing.assert_array_equal(
+                up, (model.nominal[p_i, sl] + model.histo_up[h, p_i, sl]) * s
+            )
+            np.testing.assert_array_equal(
+                down, (model.nominal[p_i, sl] - model.histo_down[h, p_i, sl]) * s
+            )
     for ch in model.channels:
         np.testing.assert_array_equal(shapes[ch.name]["data_obs"][0], observed[ch.start : ch.stop])
 

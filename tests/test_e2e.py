@@ -17,6 +17,8 @@ pytestmark = pytest.mark.e2e
 CFG = config.load_config([REPO / "config" / "config.yaml", REPO / "config" / "test.yaml"])
 SAMPLES = list(CFG["samples"]["list"])
 REGIONS = CFG["export"]["regions"]
+JES_SOURCES = list(CFG["toy"]["jes_sources"])
+JES_VARIATIONS = [f"jes_{s}{side}" for s in JES_SOURCES for side in ("Up", "Down")]
 
 
 def test_every_rule_logged(e2e_run):
@@ -72,8 +74,11 @@ def test_export_layout_and_attributes(exports):
         assert n > 0
         assert attrs["region"] == region
         assert list(attrs["feature_names"]) == features
-        for var in ("nominal", "jesUp", "jesDown"):
+        assert list(attrs["jes_sources"]) == JES_SOURCES
+        for var in ("nominal", *JES_VARIATIONS):
             assert arrays[f"features/{var}"].shape == (n, len(features))
+            if var != "nominal":
+                assert arrays[f"m_jj_{var}"].shape == (n,)
         for col in (
             "weight",
             "process",
@@ -149,6 +154,61 @@ def test_control_regions_have_their_process_majority(e2e_run):
             p: v["yield"] for p, v in summary["regions"][region]["processes"].items() if p != "data"
         }
         assert yields[process] / sum(yields.values()) > 0.5, (region, yields)
+
+
+def test_jes_sources_from_the_ntuples_to_the_fit(e2e_run):
+    """Every JES source of the toy is one nuisance through the chain: the caches carry its
+    columns and list it in their metadata, the scores have its varied scores, the histograms
+    its variations, the pyhf workspace one histosys jes_<source> per source and the default
+    diagnostics its impact on Asimov with the constraint flag."""
+    from vhbb.data.cache import read_metadata
+    from vhbb.fit.templates import read_hists
+
+    assert JES_SOURCES == ["absolute", "pt", "flavour"]
+    params = [f"jes_{s}" for s in JES_SOURCES]
+    results = e2e_run / "results"
+    model = CFG["fit"]["models"][0]
+    for sample in SAMPLES:
+        is_mc = CFG["samples"]["processes"][CFG["samples"]["list"][sample]["process"]]["role"]
+        want = [] if is_mc == "data" else JES_SOURCES
+        path = results / "cache" / f"{sample}.parquet"
+        assert read_metadata(path)["jes_sources"] == want, sample
+        stats = json.loads((results / "cache" / f"{sample}.json").read_text())
+        assert stats["jes_sources"] == want
+        columns = set(pd.read_parquet(path).columns)
+        scores = set(pd.read_parquet(results / "scores" / model / f"{sample}.parquet").columns)
+        for var in JES_VARIATIONS:
+            assert ({f"m_jj_{var}", f"region_{var}"} <= columns) == bool(want), (sample, var)
+            assert (f"score_{var}" in scores) == bool(want), (sample, var)
+    regions, _, meta = read_hists(results / "hists" / model / "hists.h5")
+    assert meta["jes_sources"] == JES_SOURCES
+    assert {"nominal", *JES_VARIATIONS} <= set(regions[CFG["export"]["training_region"]].mc["ZH"])
+    fits = results / "fits" / model / "simultaneous"
+    ws = json.loads((fits / "workspace.json").read_text())
+    histosys = {
+        m["name"]
+        for ch in ws["channels"]
+        for sample in ch["samples"]
+        for m in sample["modifiers"]
+        if m["type"] == "histosys"
+    }
+    assert set(params) <= histosys and "jes" not in histosys
+    for ch in ws["channels"]:  # each source acts in every channel: on every region
+        names = {m["name"] for smp in ch["samples"] for m in smp["modifiers"]}
+        assert set(params) <= names, ch["name"]
+    diag = json.loads((fits / "diagnostics.json").read_text())
+    impacts = diag["impacts"]
+    assert impacts["data"] == "asimov"
+    for name in params:
+        entry = impacts["nuisances"][name]
+        assert entry["prefit_error"] == pytest.approx(1.0)
+        assert isinstance(entry["constrained"], bool) and entry["constraint_ratio"] > 0
+        assert entry["constrained"] == (
+            entry["constraint_ratio"] < impacts["constraint_flag_fraction"]
+        )
+        assert name in impacts["ranking"]
+    flagged = {c["name"] for c in impacts["constrained_nuisances"]}
+    assert flagged == {n for n, e in impacts["nuisances"].items() if e["constrained"]}
 
 
 def test_rerun_is_a_no_op(e2e_run):

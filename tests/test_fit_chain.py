@@ -32,12 +32,28 @@ def _events(rng: np.random.Generator, n: int, peak: float | None, probs: list[fl
     score = rng.beta(4, 2, n) if signal_like else rng.beta(2, 3, n)
     region = rng.choice([SR, *CRS], size=n, p=probs)
     ev = {"weight": np.full(n, WEIGHT), "region": region, "m_jj": mjj, "score": score}
-    # an asymmetric JES: +3 % up, -2 % down in m_jj, a small score migration
-    for sfx, k, ds in (("_jesUp", 1.03, 0.01), ("_jesDown", 0.98, -0.005)):
-        ev[f"region{sfx}"] = region
-        ev[f"m_jj{sfx}"] = mjj * k
-        ev[f"score{sfx}"] = np.clip(score + ds, 0.0, 1.0)
+    # three JES sources, each with its own shape change and migration between regions:
+    # absolute, asymmetric (+3 % up, -2 % down in m_jj, a small score shift, 2 % of the events
+    # into / out of the first control region); pt, a low-mass shift growing towards low m_jj
+    # with 4 % of the events into / out of the signal region; flavour, a score shift only
+    # for the events of the signal region, 1 % into / out of the last control region
+    u = rng.random(n)
+    for side, sign in (("Up", 1.0), ("Down", -1.0)):
+        k, ds = (1.03, 0.01) if sign > 0 else (0.98, -0.005)
+        cr0, sr, cr2 = (CRS[0], SR, CRS[-1]) if sign > 0 else (SR, CRS[0], SR)
+        ev[f"region_jes_absolute{side}"] = np.where(u < 0.02, cr0, region)
+        ev[f"m_jj_jes_absolute{side}"] = mjj * k
+        ev[f"score_jes_absolute{side}"] = np.clip(score + ds, 0.0, 1.0)
+        ev[f"region_jes_pt{side}"] = np.where((u > 0.5) & (u < 0.54), sr, region)
+        ev[f"m_jj_jes_pt{side}"] = mjj * (1.0 + sign * 0.06 * np.exp(-(mjj - 50.0) / 40.0))
+        ev[f"score_jes_pt{side}"] = score
+        ev[f"region_jes_flavour{side}"] = np.where(u > 0.99, cr2, region)
+        ev[f"m_jj_jes_flavour{side}"] = mjj
+        ev[f"score_jes_flavour{side}"] = np.clip(score + sign * 0.03 * (region == SR), 0.0, 1.0)
     return ev
+
+
+JES_SOURCES = ["absolute", "pt", "flavour"]
 
 
 def _write_hists(
@@ -62,6 +78,7 @@ def _write_hists(
         "signal_processes": ["ZH"],
         "cr_data_fit_fraction": cr_data_fit_fraction,
         "blinded": not sr_data,
+        "jes_sources": JES_SOURCES,
     }
     hists = tmp / "hists.h5"
     bn.write_hists(hists, tmp / "hists.root", regions, binning, meta)
@@ -150,6 +167,79 @@ def test_chain_workspace_is_valid_pyhf_and_reproduces_the_fit(chain_inputs, mode
     assert sigma == pytest.approx(doc["mu_hesse_err"], rel=5e-3)
 
 
+def test_one_jes_parameter_per_source_acting_on_normalisation_and_shape(chain_inputs):
+    """The signal-fit likelihood has one histosys jes_<source> per JES source of the
+    histograms, each correlated across regions and processes and acting on the normalisation
+    (migration between regions) and on the shape, with templates of its own; the pyhf
+    workspace carries the same modifiers; fit.systematics.jes chooses the sources."""
+    from vhbb.core.errors import InputError
+    from vhbb.core.results import read_scale_factors
+    from vhbb.fit.templates import read_hists
+
+    regions, binning, meta = read_hists(chain_inputs["hists"])
+    assert meta["jes_sources"] == JES_SOURCES
+    assert set(regions[SR].mc["ZH"]) == {"nominal", *(f"jes_{s}{d}" for s in JES_SOURCES
+                                                       for d in ("Up", "Down"))}  # fmt: skip
+    spec = chain_inputs["specs"]["simultaneous"]
+    sf = read_scale_factors(chain_inputs["sf"])
+    inp = sfit.build_model(
+        regions, binning, meta, sf.values, sf.covariance, mode="simultaneous", spec=spec
+    )
+    model = inp.model
+    names = [model.names[int(i)] for i in model.histo_index]
+    params = [f"jes_{s}" for s in JES_SOURCES]
+    assert names[: len(params)] == params and len(set(names)) == len(names)
+    sr = model.channel(SR)
+    crs = [model.channel(cr).start for cr in CRS]
+    bkg = [model.processes.index(p) for p in PROCS if p != "ZH"]
+    ups = {}
+    for h, name in enumerate(names[: len(params)]):
+        up = model.histo_up[h]  # (process, bin): up template minus nominal
+        ups[name] = up
+        nominal = model.nominal[bkg].sum(axis=0)
+        shifted = nominal + up[bkg].sum(axis=0)
+        # normalisation: the signal-region yield and the control-region yields move (migration)
+        sr_ratio = shifted[sr.start : sr.stop].sum() / nominal[sr.start : sr.stop].sum()
+        assert abs(sr_ratio - 1.0) > 1e-3, name
+        assert np.any(np.abs(shifted[crs] / nominal[crs] - 1.0) > 1e-3), name
+        # shape: the normalised signal-region template changes too
+        a = shifted[sr.start : sr.stop] / shifted[sr.start : sr.stop].sum()
+        b = nominal[sr.start : sr.stop] / nominal[sr.start : sr.stop].sum()
+        assert np.max(np.abs(a / b - 1.0)) > 5e-3, name
+        # one parameter for every process (correlated across processes)
+        assert sum(np.any(up[p] != 0) for p in range(len(model.processes))) >= 4, name
+    for i, a in enumerate(params):
+        for b in params[i + 1 :]:
+            assert not np.allclose(ups[a], ups[b]), (a, b)
+    # the workspace: the same modifiers, one per source, on every sample they act on
+    ws, _, _ = _chain_outputs(chain_inputs, "simultaneous")
+    modifiers = {
+        m["name"]
+        for ch in ws["channels"]
+        for sample in ch["samples"]
+        for m in sample["modifiers"]
+        if m["type"] == "histosys"
+    }
+    assert set(params) <= modifiers
+    # fit.systematics.jes: a list chooses sources, false drops them, an unknown name fails
+    listed = {**spec, "systematics": {**spec["systematics"], "jes": ["pt"]}}
+    chosen = sfit.build_model(
+        regions, binning, meta, sf.values, sf.covariance, mode="simultaneous", spec=listed
+    ).model
+    assert [chosen.names[int(i)] for i in chosen.histo_index][:1] == ["jes_pt"]
+    assert "jes_absolute" not in chosen.names
+    none = {**spec, "systematics": {**spec["systematics"], "jes": False}}
+    off = sfit.build_model(
+        regions, binning, meta, sf.values, sf.covariance, mode="simultaneous", spec=none
+    ).model
+    assert not any(n.startswith("jes") for n in off.names)
+    bad = {**spec, "systematics": {**spec["systematics"], "jes": ["absolut"]}}
+    with pytest.raises(InputError, match=r"JES source\(s\) absolut .*not in the histograms"):
+        sfit.build_model(
+            regions, binning, meta, sf.values, sf.covariance, mode="simultaneous", spec=bad
+        )
+
+
 def test_signal_fit_writes_cls_limits(chain_inputs):
     _, _, out = _chain_outputs(chain_inputs, "simultaneous")
     written = json.loads((out / "signal_strength.json").read_text())
@@ -213,6 +303,7 @@ def test_observed_fit_of_unblinded_pseudo_data_recovers_the_injected_signal(tmp_
     pull = doc["truth_pull"]
     err = doc["mu_err_up"] if doc["mu"] < 2.0 else doc["mu_err_down"]
     assert pull["mu_true"] == 2.0 and pull["pull"] == pytest.approx((doc["mu"] - 2.0) / err)
+    assert pull["corrections"] == []  # these hists carry no data-driven reweighting
     mu, sigma = _pyhf_fit(json.loads(ws_path.read_text()))
     assert mu == pytest.approx(doc["mu"], rel=5e-3, abs=5e-3 * doc["mu_hesse_err"])
     assert sigma == pytest.approx(doc["mu_hesse_err"], rel=5e-3)

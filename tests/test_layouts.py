@@ -216,10 +216,11 @@ def test_real_rntuple_nanoaod_is_cached_like_a_hand_computation(rntuple_file):
     assert (frame["region"] == "all").all()
     assert frame["event"].tolist() == list(range(44727241, 44727251))[: len(frame)]
     assert_columns(frame, _nanoaod_reference(rntuple_file, 30.0, 10.0, 0.0))
-    for var, sign in (("jesUp", 1.0), ("jesDown", -1.0)):
+    assert stats["jes_sources"] == ["total"]  # the layouts' default: one source, 0.015 + 1.5/pT
+    for var, sign in (("jes_totalUp", 1.0), ("jes_totalDown", -1.0)):
         ref = _nanoaod_reference(rntuple_file, 30.0, 10.0, sign)
         renamed = frame[[f"{c}_{var}" for c in cache.VARIED_COLUMNS]].rename(
-            columns=lambda c: c.rsplit("_", 1)[0]
+            columns=lambda c, v=var: c.removesuffix(f"_{v}")
         )
         assert_columns(renamed, [{c: r[c] for c in cache.VARIED_COLUMNS} for r in ref])
 
@@ -346,7 +347,7 @@ def test_custom_cartesian_layout_matches_vector(cartesian_file):
     )
     np.testing.assert_allclose(frame["w_pu_col"], br["w_pu"][rows], rtol=1e-6)
     np.testing.assert_allclose(frame["met_px_half"], br["met_px"][rows] / 2, rtol=1e-6)
-    assert {"m_jj_jesUp", "region_jesDown"} <= set(frame.columns)
+    assert {"m_jj_jes_totalUp", "region_jes_totalDown"} <= set(frame.columns)
     merged, mstats = cache.merge_sample(
         [frame], [stats], sample="s", is_mc=True, xsec_pb=2.0, lumi_fb=1.0
     )
@@ -487,7 +488,7 @@ def test_extra_columns_may_define_regions_when_every_layout_has_them():
 
 # ---------------------------------------------------------------- 5. JES variations from branches
 JES_REGIONS = {"hi": "j1_pt >= 90 and met_pt >= 120", "lo": "j1_pt < 90 or met_pt < 120"}
-SIDES = {"jesUp": "Up", "jesDown": "Down"}
+SIDES = {"jes_totalUp": "Up", "jes_totalDown": "Down"}  # the single-source form: 'total'
 
 
 @pytest.fixture(scope="module")
@@ -631,10 +632,11 @@ def test_jes_from_branches_matches_hand_computation(jes_file, tmp_path, mode):
     nominal = [_jes_reference(br, i, None, mode) for i in rows]
     assert_columns(frame, nominal)  # type: ignore[arg-type]
     assert frame["region"].tolist() == [_region(r) for r in nominal]  # type: ignore[arg-type]
-    for var in ("jesUp", "jesDown"):
+    assert stats["jes_sources"] == ["total"]
+    for var in SIDES:
         ref = [_jes_reference(br, i, var, mode) for i in rows]
         renamed = frame[[f"{c}_{var}" for c in cache.VARIED_COLUMNS]].rename(
-            columns=lambda c: c.rsplit("_", 1)[0]
+            columns=lambda c, v=var: c.removesuffix(f"_{v}")
         )
         assert_columns(renamed, [{c: r[c] for c in cache.VARIED_COLUMNS} for r in ref])  # type: ignore[index]
         want = [_region(r) for r in ref]  # type: ignore[arg-type]
@@ -672,7 +674,7 @@ def test_jes_branches_not_read_for_data(jes_file, tmp_path):
     layout = _layout(_jes_overlay("full"))
     frame, stats = _cache(data, layout, is_mc=False)
     assert len(frame) == stats["n_pair"] > 0
-    assert not any(c.endswith(("_jesUp", "_jesDown")) for c in frame.columns)
+    assert not any("_jes" in c for c in frame.columns) and stats["jes_sources"] == []
 
 
 def test_jes_branch_errors(jes_file):
@@ -705,6 +707,53 @@ def test_jes_branch_errors(jes_file):
             _cache(path, short)
 
 
+def test_several_jes_sources_from_branches_and_parametrised(jes_file):
+    """``jes.sources`` reads one variation pair per named source (each as the single-source
+    form would); parametrised ``jes_sources`` scale the jets per source; the sources are in the
+    statistics (the parquet metadata) in their configured order."""
+    path, _ = jes_file
+    nano = _layout({"kind": "nanoaod", "btag_branch": "Jet_btagDeepB"})
+    sides = {"up": _jes_side("Up", "full"), "down": _jes_side("Down", "full")}
+    param = {"up": {"pt": "Jet_pt_paramUp"}, "down": {"pt": "Jet_pt_paramDown"}}
+    layout = _layout({**nano, "jes": {"from": "branches", "sources": {"tot": sides, "par": param}}})
+    frame, stats = _cache(path, layout, regions=JES_REGIONS)
+    assert stats["jes_sources"] == ["tot", "par"]
+    single, _ = _cache(path, {**nano, "jes": {"from": "branches", **sides}}, regions=JES_REGIONS)
+    parametrised, _ = _cache(path, nano, regions=JES_REGIONS)
+    for source, ref, ref_source in (("tot", single, "total"), ("par", parametrised, "total")):
+        for side in ("Up", "Down"):
+            for c in [*cache.VARIED_COLUMNS, "region"]:
+                got, want = frame[f"{c}_jes_{source}{side}"], ref[f"{c}_jes_{ref_source}{side}"]
+                if c == "region":
+                    assert got.tolist() == want.tolist()
+                else:
+                    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, err_msg=c)
+    # parametrised sources (params keep their order as a list): one pair of variations each
+    from vhbb.config import params
+
+    two_sources = {"abs": {"constant": 0.015}, "pt": {"over_pt": 1.5}}
+    spec = {
+        "samples": {
+            "list": {"s": {"process": "p", "layout": "n"}},
+            "processes": {"p": {"role": "background"}},
+            "layouts": {"n": {**nano, "jes_sources": two_sources}},
+            "nan_policy": "drop",
+            "chunk_size": 1000,
+        },
+        "regions": {"preselection": "pt_jj > 0", "definitions": JES_REGIONS},
+    }
+    two = params.cache_file(spec, "s")["layout"]
+    assert [e["name"] for e in two["jes_sources"]] == ["abs", "pt"]
+    frame, stats = _cache(path, two, regions=JES_REGIONS)
+    assert stats["jes_sources"] == ["abs", "pt"]
+    ratio = frame["m_jj_jes_absUp"] / frame["m_jj"]
+    np.testing.assert_allclose(ratio, 1.015, rtol=1e-5)  # both jets times 1.015
+    lead = frame["j1_pt_jes_ptDown"] / frame["j1_pt"]
+    np.testing.assert_allclose(lead, 1.0 - 1.5 / frame["j1_pt"], rtol=1e-4)
+    with pytest.raises(ConfigError, match=r"unknown key '.*jes_sources\.fl\.b'.*constant, over_pt"):
+        _layout({**nano, "jes_sources": {"fl": {"b": 0.01}}})
+
+
 def test_jes_schema_rejects_typos():
     side = {"pt": "Jet_pt_jesTotalUp"}
     good = {"kind": "nanoaod", "jes": {"from": "branches", "up": side, "down": side}}
@@ -722,6 +771,12 @@ def test_jes_schema_rejects_typos():
         ({"from": "branches", "up": {**side, "met": {"pt": "m"}}, "down": side}, r"jes\.up\.met"),
         ({"from": "branches", "up": {**side, "met": {"pt": "m", "ph": "p"}}, "down": side},
          r"jes\.up\.met\.ph.*did you mean 'phi'"),
+        ({"from": "branches", "sources": {"a": {"up": side}}}, r"'down' is a required"),
+        ({"from": "branches", "sources": {"a": {"up": side, "down": side}}, "up": side},
+         r"jes\.up.*either sources or the single-source"),
+        ({"from": "parametrised", "sources": {"a": {"up": side, "down": side}}},
+         r"jes\.sources.*with 'from: branches' only"),
+        ({"from": "branches", "sources": {"9a": {"up": side, "down": side}}}, r"9a"),
     ]  # fmt: skip
     for jes, message in cases:
         with pytest.raises(ConfigError, match=message):

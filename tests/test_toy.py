@@ -42,7 +42,10 @@ def _derived(process: str, n: int = 30_000) -> dict:
     layout = CFG["samples"]["layouts"]["flat"]
     return {
         None: cache.derive(cache.flat_events(ev, layout, None)),
-        "jesUp": cache.derive(cache.flat_events(ev, layout, "jesUp")),
+        **{
+            var: cache.derive(cache.flat_events(ev, layout, var))
+            for var in ("jes_absoluteUp", "jes_ptUp", "jes_flavourUp")
+        },
         "raw": ev,
     }
 
@@ -74,12 +77,70 @@ def test_boosted_pair_relation_and_background_sculpting():
 
 def test_jes_variation_moves_jets_met_and_counts():
     d = _derived("TT")
-    nom, up, raw = d[None], d["jesUp"], d["raw"]
-    assert np.all(up["j1_pt"] > nom["j1_pt"])
-    assert np.median(up["m_jj"] / nom["m_jj"]) > 1.01
-    # MET changes (propagated from the jets) and additional jets migrate across 30 GeV
-    assert np.mean(np.abs(raw["MET_pt_jesUp"] - raw["MET_pt"]) > 0.1) > 0.5
-    assert np.any(up["n_add_jets"] != nom["n_add_jets"])
+    nom, raw = d[None], d["raw"]
+    for source in ("absolute", "pt", "flavour"):
+        up = d[f"jes_{source}Up"]
+        assert np.all(up["j1_pt"] > nom["j1_pt"]), source
+        assert np.median(up["m_jj"] / nom["m_jj"]) > 1.005, source
+        # MET changes (propagated from the jets) and additional jets migrate across 30 GeV
+        assert np.mean(np.abs(raw[f"MET_pt_jes_{source}Up"] - raw["MET_pt"]) > 0.1) > 0.5
+        assert np.any(up["n_add_jets"] != nom["n_add_jets"]), source
+    # a constant scale of both jets scales m_jj by exactly that factor
+    ratio = d["jes_absoluteUp"]["m_jj"] / nom["m_jj"]
+    np.testing.assert_allclose(ratio, 1.015, rtol=1e-5)
+
+
+def _delta(spec: dict, pt: np.ndarray, flavour: np.ndarray) -> np.ndarray:
+    """A JES source's relative uncertainty by hand: constant + over_pt / pT + the flavour term."""
+    terms = [spec.get(f, 0.0) for f in ("b", "c", "l")]
+    by_flavour = np.select([flavour == "b", flavour == "c", flavour == "l"], terms, np.nan)
+    return spec.get("constant", 0.0) + spec.get("over_pt", 0.0) / np.maximum(pt, 1.0) + by_flavour
+
+
+def test_jes_sources_scale_every_jet_by_their_own_uncertainty():
+    """Every source's branches are the nominal jets times 1 +- delta_s (a numpy hand
+    computation from the nominal branches and the true flavours), MET minus the pT shifts; the
+    flavour source differs between b and light jets, the additional jets are light."""
+    sources = CFG["toy"]["jes_sources"]
+    assert list(sources) == ["absolute", "pt", "flavour"]
+    truth: dict = {}
+    ev = toy.generate_events("TT", 6000, np.random.default_rng(6), jes=sources, truth=truth)
+    plain = toy.generate_events("TT", 6000, np.random.default_rng(6))  # the default sources
+    assert plain.keys() == ev.keys()
+    for key in ev:
+        np.testing.assert_array_equal(ev[key], plain[key], err_msg=key)
+    flavour = truth["jet_flavour"]
+    assert flavour.shape == (6000, 2) and set(np.unique(flavour)) == {"b", "c", "l"}
+    light = np.full(6000, "l")
+    f8 = np.float64
+    for name, spec in sources.items():
+        for side, sign in (("Up", 1.0), ("Down", -1.0)):
+            var = f"jes_{name}{side}"
+            mx = ev["MET_pt"].astype(f8) * np.cos(ev["MET_phi"].astype(f8))
+            my = ev["MET_pt"].astype(f8) * np.sin(ev["MET_phi"].astype(f8))
+            jets = [(f"Jet{k}", flavour[:, k - 1]) for k in (1, 2)]
+            jets += [(f"AddJet{i}", light) for i in range(1, 5)]
+            for jet, flav in jets:
+                pt = ev[f"{jet}_pt"].astype(f8)
+                scale = 1.0 + sign * _delta(spec, pt, flav)
+                np.testing.assert_allclose(ev[f"{jet}_pt_{var}"], pt * scale, rtol=2e-6)
+                if jet.startswith("Jet"):
+                    mass = ev[f"{jet}_mass"].astype(f8)
+                    np.testing.assert_allclose(ev[f"{jet}_mass_{var}"], mass * scale, rtol=2e-6)
+                phi = ev[f"{jet}_phi"].astype(f8)
+                mx -= pt * (scale - 1) * np.cos(phi)
+                my -= pt * (scale - 1) * np.sin(phi)
+            np.testing.assert_allclose(ev[f"MET_pt_{var}"], np.hypot(mx, my), rtol=1e-4)
+    rel = ev["Jet1_pt_jes_flavourUp"].astype(f8) / ev["Jet1_pt"] - 1.0
+    for flav, want in (("b", 0.01), ("c", 0.015), ("l", 0.02)):
+        np.testing.assert_allclose(rel[flavour[:, 0] == flav], want, rtol=1e-4)
+    add = ev["AddJet1_pt"] > 0
+    add_rel = ev["AddJet1_pt_jes_flavourDown"][add].astype(f8) / ev["AddJet1_pt"][add] - 1.0
+    np.testing.assert_allclose(add_rel, -0.02, rtol=1e-4)
+    # the quadrature sum is close to the former single source 0.015 + 1.5 / pT
+    pt = np.array([50.0, 100.0, 200.0])
+    total = np.sqrt(sum(_delta(spec, pt, np.full(3, "b")) ** 2 for spec in sources.values()))
+    np.testing.assert_allclose(total, 0.015 + 1.5 / pt, rtol=0.15)
 
 
 def test_written_file_round_trip(tmp_path):
@@ -90,9 +151,11 @@ def test_written_file_round_trip(tmp_path):
     with uproot.open(path) as fin:
         tree = fin["Events"]
         assert tree.num_entries == 1000
-        assert {"Jet1_pt_jesUp", "MET_phi_jesDown", "genWeight", "luminosityBlock"} <= set(
-            tree.keys()
-        )
+        names = set(tree.keys())
+        for source in ("absolute", "pt", "flavour"):
+            assert {f"Jet1_pt_jes_{source}Up", f"MET_phi_jes_{source}Down"} <= names
+        assert {"genWeight", "luminosityBlock"} <= names
+        assert not any(n.endswith(("_jesUp", "_jesDown")) for n in names)
     # no temporary file left behind by the atomic write
     assert [p.name for p in tmp_path.iterdir()] == ["part0.root"]
 

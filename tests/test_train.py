@@ -86,6 +86,35 @@ def test_systematic_adversary_lowers_jes_score_shift(sr_data, baseline):
     assert shift < baseline[1]["epochs"][-1]["val/sys_score_shift"]
 
 
+def test_systematic_inputs_draw_every_jes_variation(sr_data):
+    """x_var takes each event's input under one JES variation, every source and side (6 for
+    the toy's three sources) drawn alike, seeded; with one source, the former up/down coin."""
+    data = sr_data[0]
+    keys = train.jes_input_keys(data)
+    sides = ("Up", "Down")
+    assert keys == [f"x_jes_{s}{d}" for s in ("absolute", "pt", "flavour") for d in sides]
+    mask = np.zeros(len(data["x"]), bool)
+    mask[::3] = True
+    kw = {"device": "cpu", "scales": {"m": (0.0, 1.0), "pt": (0.0, 1.0)}, "seed": 4}
+    out = train.batch_tensors(data, mask, with_variations=True, **kw)
+    x_var = out["x_var"].numpy()
+    rows = np.flatnonzero(mask)
+    hit = np.array([np.all(x_var == data[k][rows], axis=1) for k in keys])  # (6, N)
+    assert hit.any(axis=0).all()
+    # the variation drawn per event (the first match: varied inputs can coincide)
+    pick = np.argmax(hit, axis=0)
+    share = np.bincount(pick, minlength=len(keys)) / len(pick)
+    assert share.min() > 0.12 and share.max() < 0.21, share
+    again = train.batch_tensors(data, mask, with_variations=True, **kw)["x_var"].numpy()
+    np.testing.assert_array_equal(x_var, again)
+    assert "x_var" not in train.batch_tensors(data, mask, with_variations=False, **kw)
+    one = {k: v for k, v in data.items() if not k.startswith("x_jes") or "absolute" in k}
+    x_one = train.batch_tensors(one, mask, with_variations=True, **kw)["x_var"].numpy()
+    up = np.random.default_rng(4 + 17).random(len(rows)) < 0.5
+    want = np.where(up[:, None], one["x_jes_absoluteUp"][rows], one["x_jes_absoluteDown"][rows])
+    np.testing.assert_array_equal(x_one, want)
+
+
 def test_domain_adaptation_lowers_data_mc_ks(sr_data):
     """Domain data: MC and 'data' differing in one input (soft activity, scaled by 1.4)."""
     data, names, _, _ = sr_data

@@ -50,7 +50,7 @@ def _events(rng: np.random.Generator, proc: str) -> dict[str, np.ndarray]:
         "m_jj": mjj,
         "score": score,
     }
-    for sfx, k, ds in (("_jesUp", 1.03, 0.01), ("_jesDown", 0.98, -0.005)):
+    for sfx, k, ds in (("_jes_totalUp", 1.03, 0.01), ("_jes_totalDown", 0.98, -0.005)):
         ev[f"region{sfx}"] = region
         ev[f"m_jj{sfx}"] = mjj * k
         ev[f"score{sfx}"] = np.clip(score + ds, 0.0, 1.0)
@@ -115,8 +115,9 @@ def _fit_input(inputs: dict, mode: str = "simultaneous", **syst) -> sfit.FitInpu
 
 # ---------------------------------------------------------------------------- histograms
 def test_weight_variation_histogram_equals_hand_computed(inputs):
-    assert bn.variations(WEIGHTS) == (
-        "nominal", "jesUp", "jesDown", "btagUp", "btagDown", "ptv_zjetsUp", "ptv_zjetsDown",
+    assert bn.variations(WEIGHTS, ["total"]) == (
+        "nominal", "jes_totalUp", "jes_totalDown", "btagUp", "btagDown", "ptv_zjetsUp",
+        "ptv_zjetsDown",
     )  # fmt: skip
     for region in (SR, "CR_Zlf"):
         rh = inputs["regions"][region]
@@ -143,8 +144,9 @@ def test_weight_variation_histogram_equals_hand_computed(inputs):
     plain = bn.fill_region(
         SR, inputs["mc"], mjj_edges=MJJ_EDGES, score_edges=SCORE_EDGES, data_events=None
     )
-    assert set(plain.mc["Zlf"]) == set(bn.VARIATIONS)
-    for var in bn.VARIATIONS:
+    jes_only = bn.variations(jes_sources=["total"])
+    assert set(plain.mc["Zlf"]) == set(jes_only)
+    for var in jes_only:
         np.testing.assert_array_equal(
             plain.mc["Zlf"][var][0], inputs["regions"][SR].mc["Zlf"][var][0]
         )
@@ -188,7 +190,7 @@ def test_build_model_has_one_shape_nuisance_per_weight(inputs):
     inp = _fit_input(inputs)
     model = inp.model
     h_names = [model.names[i] for i in model.histo_index]
-    assert h_names == ["jes", *WEIGHTS]
+    assert h_names == ["jes_total", *WEIGHTS]
     h = h_names.index("ptv_zjets")
     zjets = [model.processes.index(p) for p in ("Zlf", "Zhf")]
     others = [i for i in range(len(model.processes)) if i not in zjets]
@@ -208,7 +210,7 @@ def test_build_model_has_one_shape_nuisance_per_weight(inputs):
     no_jes = _fit_input(inputs, jes=False).model
     assert [no_jes.names[i] for i in no_jes.histo_index] == WEIGHTS
     listed = _fit_input(inputs, weights=["ptv_zjets"]).model
-    assert [listed.names[i] for i in listed.histo_index] == ["jes", "ptv_zjets"]
+    assert [listed.names[i] for i in listed.histo_index] == ["jes_total", "ptv_zjets"]
     with pytest.raises(InputError, match=r"ptv_tt.*rerun the hists"):
         _fit_input(inputs, weights=["ptv_tt"])
     with pytest.raises(InputError, match="btag: both"):
@@ -217,9 +219,10 @@ def test_build_model_has_one_shape_nuisance_per_weight(inputs):
 
 def _pyhf_spec_by_hand(inputs: dict) -> tuple[dict, dict[str, np.ndarray], np.ndarray]:
     """The signal-region model written directly as pyhf JSON from the histograms (histosys for
-    jes and every weight systematic, normfactors mu and sf_*), and the matching internal model."""
+    jes_total and every weight systematic, normfactors mu and sf_*), and the matching internal
+    model."""
     regions, binning = inputs["regions"], inputs["binning"]
-    shapes = ["jes", *WEIGHTS]
+    shapes = ["jes_total", *WEIGHTS]
     samples, nominal, histosys = [], {}, {s: {} for s in shapes}
     for p in PROCS:
         mc = regions[SR].mc[p]
@@ -300,7 +303,7 @@ def test_workspace_validates_with_pyhf_and_carries_the_modifier(inputs, tmp_path
         for p in ("Zlf", "Zhf"):
             assert kinds[p]["ptv_zjets"] == "histosys" and kinds[p]["btag"] == "histosys"
         assert "ptv_zjets" not in kinds.get("ZH", {})  # ratio 1: no modifier
-    assert {"ptv_zjets", "btag", "jes"} <= set(pyhf.Workspace(ws).model().config.par_order)
+    assert {"ptv_zjets", "btag", "jes_total"} <= set(pyhf.Workspace(ws).model().config.par_order)
     # the export reproduces the internal likelihood up to a constant (MC-stat terms off: they
     # are profiled internally, explicit parameters in pyhf)
     plain = _fit_input(inputs, mc_stat={"enabled": False, "method": "profile"})

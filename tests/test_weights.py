@@ -153,13 +153,15 @@ def test_nonpositive_total_is_an_error():
         )
 
 
+JES_VARIATIONS = ["jes_absoluteUp", "jes_absoluteDown", "jes_ptUp", "jes_ptDown"]
+
+
 def _region(n=200, seed=0):  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(seed)
     feats = rng.normal(size=(n, 2)).astype(np.float32)
     arrays = {
         "features/nominal": feats,
-        "features/jesUp": feats,
-        "features/jesDown": feats,
+        **{f"features/{v}": feats * (1 + 0.01 * k) for k, v in enumerate(JES_VARIATIONS)},
         "weight": np.where(rng.random(n) < 0.2, -1.0, 1.0),
         "process": np.repeat(np.array([0, 1], np.int8), n // 2),
         "sample": np.repeat(np.array([0, 1], np.int16), n // 2),
@@ -171,9 +173,10 @@ def _region(n=200, seed=0):  # type: ignore[no-untyped-def]
         "event": np.arange(n, dtype=np.uint64),
         "fold": (np.arange(n) % 2).astype(np.int8),
     }
-    arrays["m_jj_jesUp"] = arrays["m_jj"] * 1.01
-    arrays["m_jj_jesDown"] = arrays["m_jj"] * 0.99
+    for k, v in enumerate(JES_VARIATIONS):
+        arrays[f"m_jj_{v}"] = arrays["m_jj"] * (1.01 if v.endswith("Up") else 0.99) ** (k + 1)
     attrs = {
+        "jes_sources": ["absolute", "pt"],
         "region": "SR",
         "feature_names": ["f1", "f2"],
         "process_names": ["ZH", "TT"],
@@ -203,8 +206,19 @@ def test_region_output_is_aligned_and_positive():
         sel = (arrays["process"] == i) & (arrays["domain"] == 0)
         assert out[sel].sum() == pytest.approx(arrays["weight"][sel].sum())
         assert report["processes"][proc]["transformed"]
-    assert {"f1", "f2", "m_jj", "pt_jj", "m_jj_jesUp"} <= set(report["variables"])
-    assert report["variables"]["m_jj_jesUp"]["in_conditioning"] is False
+    # the default extra variables m_jj_jes_*: m_jj under every JES variation, in source order
+    extra = [v for v in report["variables"] if v.startswith("m_jj_jes_")]
+    assert extra == [f"m_jj_{v}" for v in JES_VARIATIONS]
+    assert {"f1", "f2", "m_jj", "pt_jj"} <= set(report["variables"])
+    assert report["variables"]["m_jj_jes_ptUp"]["in_conditioning"] is False
+    # a feature's JES variation by name; a pattern matching nothing is dropped
+    np.testing.assert_array_equal(
+        W.column(arrays, attrs["feature_names"], "f2_jes_ptDown"),
+        arrays["features/nominal"][:, 1] * 1.03,
+    )
+    assert W.expand_variables(["f1_jes_*Up", "x_*"], arrays, attrs, ["f1", "f2"]) == [
+        "f1_jes_absoluteUp", "f1_jes_ptUp",
+    ]  # fmt: skip
     assert {"chi2", "ndf", "p_value", "max_ratio_deviation"} <= set(W.summary(tests["f1"]))
 
 
@@ -305,7 +319,9 @@ def test_stage_outputs_aligned_with_export(weights_run):
         val = json.loads(
             (weights_run / "results" / "weights" / region / "validation.json").read_text()
         )
-        for var in ["m_jj", "pt_jj", *attrs["feature_names"], "m_jj_jesUp"]:
+        jes = [f"m_jj_jes_{s}{d}" for s in ("absolute", "pt", "flavour") for d in ("Up", "Down")]
+        assert list(attrs["jes_sources"]) == ["absolute", "pt", "flavour"]
+        for var in ["m_jj", "pt_jj", *attrs["feature_names"], *jes]:
             assert {"chi2", "ndf", "p_value", "max_ratio_deviation"} <= set(val["variables"][var])
         for rep in val["processes"].values():
             assert {"yield_before", "yield_after", "clipped_fraction", "rescale_factor"} <= set(rep)

@@ -59,13 +59,27 @@ def layout(config: Mapping, sample: str) -> dict[str, Any]:
     return dict(layouts[name])
 
 
+def _ordered_jes(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A layout with its JES sources (``jes_sources``, ``jes.sources``) in the order-keeping list
+    form of :func:`vhbb.data.jes.as_list` (canonical JSON sorts mapping keys; the source order
+    is the order of the cached variations and of the fit parameters)."""
+    from vhbb.data import jes as jesmod
+
+    out = dict(spec)
+    if out.get("jes_sources"):
+        out["jes_sources"] = jesmod.as_list(out["jes_sources"])
+    if (out.get("jes") or {}).get("sources"):
+        out["jes"] = {**out["jes"], "sources": jesmod.as_list(out["jes"]["sources"])}
+    return out
+
+
 def cache_file(config: Mapping, sample: str) -> dict[str, Any]:
     """Params of caching one file of ``sample``."""
     return canonical(
         {
             "sample": sample,
             "is_mc": not is_data(config, sample),
-            "layout": layout(config, sample),
+            "layout": _ordered_jes(layout(config, sample)),
             "preselection": config["regions"]["preselection"],
             "regions": config["regions"]["definitions"],
             "nan_policy": config["samples"]["nan_policy"],
@@ -216,23 +230,42 @@ def weights(config: Mapping) -> dict[str, Any]:
     """Params of the negative-weight transformation (``weights`` and what it reads).
 
     ``settings`` has the conditioning variables resolved (null: training features + m_jj +
-    pt_jj); every named variable must be an export column (checked here, before any job runs).
+    pt_jj); every named variable must be an export column (checked here, before any job runs):
+    a base variable (training feature, ``m_jj``, ``pt_jj``), its JES variation
+    ``<base>_jes_<source>Up/Down`` (the sources are known to the export only: checked by the
+    weights job) or, in ``validation.extra_variables``, a pattern (``*``, ``?``: ``m_jj_jes_*``).
     """
     import difflib
 
     from vhbb.core.errors import ConfigError
+    from vhbb.data import jes as jesmod
 
     settings = dict(config["weights"])
     features = list(config["features"]["training"])
     base = list(dict.fromkeys([*features, "m_jj", "pt_jj"]))
-    known = base + [f"{b}_{v}" for b in base for v in ("jesUp", "jesDown")]
+    known = base + [f"{b}_jes_<source>{side}" for b in base for side in ("Up", "Down")]
+
+    def is_column(name: str, patterns: bool) -> bool:
+        if name in base:
+            return True
+        wild = [i for i, ch in enumerate(name) if ch in "*?["]
+        if wild:
+            head = name[: wild[0]]
+            return patterns and any(
+                f"{b}_jes_".startswith(head) or head.startswith(f"{b}_jes_") for b in base
+            )
+        return any(
+            name.startswith(f"{b}_") and jesmod.source_of(name[len(b) + 1 :]) is not None
+            for b in base
+        )
+
     conditioning = list(settings.get("conditioning") or base)
     settings["conditioning"] = list(dict.fromkeys(conditioning))
     checks = [("conditioning", c) for c in conditioning] + [
         ("validation.extra_variables", c) for c in settings["validation"]["extra_variables"]
     ]
     for key, name in checks:
-        if name not in known:
+        if not is_column(name, patterns=key != "conditioning"):
             close = difflib.get_close_matches(name, known, n=2)
             raise ConfigError(
                 f"config error at 'weights.{key}': '{name}' is not an export column"
@@ -323,7 +356,8 @@ def hists(config: Mapping, model: str) -> dict[str, Any]:
 
 def weight_systematics(config: Mapping) -> str | list[str]:
     """``fit.systematics.weights``: ``"auto"`` or the listed names (checked against the other
-    fit parameter names: ``mu``, ``jes``, ``sf_*``, ``gamma_*``, ``staterror_*``, lnN terms)."""
+    fit parameter names: ``mu``, ``jes``, ``jes_*``, ``sf_*``, ``gamma_*``, ``staterror_*``, lnN
+    terms)."""
     from vhbb.core.errors import ConfigError
 
     syst = config["fit"]["systematics"]
@@ -335,7 +369,7 @@ def weight_systematics(config: Mapping) -> str | list[str]:
         n
         for n in names
         if n in ("mu", "jes")
-        or n.startswith(("sf_", "gamma_", "staterror_"))
+        or n.startswith(("jes_", "sf_", "gamma_", "staterror_"))
         or n in syst.get("lnN", {})
     ]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -366,7 +400,7 @@ def reweighting_list(config: Mapping) -> list[dict[str, Any]]:
         edges = entry["edges"]
         if any(b <= a for a, b in itertools.pairwise(edges)):
             raise ConfigError(f"config error at 'reweighting.{name}.edges': edges must increase")
-        if name in ("mu", "jes") or name.startswith(("sf_", "gamma_", "staterror_")):
+        if name in ("mu", "jes") or name.startswith(("jes_", "sf_", "gamma_", "staterror_")):
             raise ConfigError(
                 f"config error at 'reweighting.{name}': the name clashes with a fit parameter"
             )

@@ -3,18 +3,23 @@
 Two input layouts are supported through the config, with no code change:
 
 * ``flat``: the toy trees (one branch per quantity: ``Jet1_pt``, ``AddJet2_eta``, ``MET_pt``,
-  JES variations as ``<branch>_jesUp/_jesDown``; MC branches ``weight_<name>Up/Down``, ratios to
-  the nominal weight, are cached as they are: :func:`flat_weight_variations`);
+  JES variations as ``<branch>_jes_<source>Up/Down``, the sources found in the branch names:
+  :func:`flat_jes_sources`; MC branches ``weight_<name>Up/Down``, ratios to the nominal weight,
+  are cached as they are: :func:`flat_weight_variations`);
 * ``nanoaod``: CMS NanoAOD (jagged ``Jet_*`` collections).  The two b-jet candidates are the
   two selected jets with the highest b-tag score; additional jets are the other selected jets.
-  JES variations are made by scaling every jet with the parametrised uncertainty and
-  propagating the change to MET (:func:`scale_jes`), or, with the layout's
-  ``jes: {from: branches}``, read from branches such as NanoAOD-tools' ``Jet_pt_jesTotalUp``
-  (:func:`branch_jes`; a custom layout declares the same).
+  JES variations (per source of the layout's ``jes_sources``) are made by scaling every jet
+  with the parametrised uncertainty and propagating the change to MET (:func:`scale_jes`), or,
+  with the layout's ``jes: {from: branches}``, read from branches such as NanoAOD-tools'
+  ``Jet_pt_jesAbsoluteUp`` (:func:`branch_jes`; a custom layout declares the same).
 
 Both layouts are first brought to one standard structure (:class:`JetEvent`), from which
 :func:`derive` computes the same columns; regions are then evaluated per JES variation with the
-safe expression evaluator, so events migrate between regions under JES shifts.
+safe expression evaluator, so events migrate between regions under JES shifts.  The varied
+columns of JES source ``s`` are ``<column>_jes_<s>Up/Down`` and ``region_jes_<s>Up/Down``
+(:mod:`vhbb.data.jes`); the parquet metadata lists the sources (``jes_sources``, MC; data: none).
+Every JES variation costs its varied columns (:data:`VARIED_COLUMNS` and a region column): the
+cache grows by 11 columns per variation, 2 per source.
 """
 
 from __future__ import annotations
@@ -35,11 +40,10 @@ import pyarrow.parquet as pq
 from vhbb.core.errors import ConfigError, DataError, InputError, VhbbError
 from vhbb.core.io import atomic_path
 from vhbb.data import expressions
-from vhbb.data.toy import jes_uncertainty
+from vhbb.data import jes as jesmod
 
 log = logging.getLogger(__name__)
 
-VARIATIONS = ("jesUp", "jesDown")
 KEY_COLUMNS = ("run", "luminosityBlock", "event")
 NO_REGION = "none"
 N_ADD_SLOTS = 6
@@ -243,8 +247,17 @@ def _derive(ev: JetEvent, add_jet_pt_min: float, geo: _Geometry, nominal: bool) 
 
 
 # ---------------------------------------------------------------------------- layouts
-def flat_branches(layout: Mapping[str, Any], is_mc: bool) -> list[str]:
-    """Branches the flat layout reads."""
+def flat_jes_sources(branches: Sequence[str]) -> list[str]:
+    """The JES sources of a flat tree: every ``<s>`` with both ``MET_pt_jes_<s>Up`` and
+    ``MET_pt_jes_<s>Down`` branches, in branch order (the other varied branches of a source
+    are then required by :func:`flat_branches`)."""
+    return jesmod.sources_in(branches, prefix="MET_pt_")
+
+
+def flat_branches(
+    layout: Mapping[str, Any], is_mc: bool, jes_sources: Sequence[str] = ()
+) -> list[str]:
+    """Branches the flat layout reads (MC: also those of the JES sources ``jes_sources``)."""
     names = [
         *KEY_COLUMNS,
         layout["weight_branch"],
@@ -258,7 +271,7 @@ def flat_branches(layout: Mapping[str, Any], is_mc: bool) -> list[str]:
     for i in range(1, layout["n_add_jet_slots"] + 1):
         names += [f"AddJet{i}_{q}" for q in ("pt", "eta", "phi")]
     if is_mc:
-        for var in VARIATIONS:
+        for var in jesmod.jes_variations(jes_sources):
             names += [f"Jet{s}_{q}_{var}" for s in (1, 2) for q in ("pt", "mass")]
             names += [f"AddJet{i}_pt_{var}" for i in range(1, layout["n_add_jet_slots"] + 1)]
             names += [f"MET_pt_{var}", f"MET_phi_{var}"]
@@ -373,15 +386,18 @@ def nanoaod_events(
 
 
 def jes_events(red, base: JetEvent, layout: Mapping[str, Any]) -> dict[str, JetEvent]:  # type: ignore[no-untyped-def]
-    """The ``jesUp`` / ``jesDown`` structures of a reduced custom-layout chunk: read from
-    branches (``red.jes``, the layout's ``jes: {from: branches}``, :func:`branch_jes`) or
-    parametrised (:func:`scale_jes` with ``jes_uncertainty``)."""
+    """The ``jes_<source>Up`` / ``Down`` structures of a reduced custom-layout chunk, in source
+    order: read from branches (``red.jes``, the layout's ``jes: {from: branches}``,
+    :func:`branch_jes`) or parametrised (:func:`scale_jes` per source of ``jes_sources``)."""
+    from vhbb.data import layouts
+
     trig = _directions(base)
     if red.jes:
-        return {var: branch_jes(base, red.jes[var], directions=trig) for var in VARIATIONS}
+        return {var: branch_jes(base, varied, directions=trig) for var, varied in red.jes.items()}
+    sources = layouts.parametrised_sources(layout)
     return {
-        var: scale_jes(base, sign, layout["jes_uncertainty"], directions=trig)
-        for var, sign in (("jesUp", 1.0), ("jesDown", -1.0))
+        var: scale_jes(base, sign, sources[source], directions=trig)
+        for source, var, sign in jesmod.signed_variations(sources)
     }
 
 
@@ -486,7 +502,8 @@ def scale_jes(
     *,
     directions: Mapping[str, Any] | None = None,
 ) -> JetEvent:
-    """Scale every jet by ``1 + sign * jes_uncertainty(pT)`` and propagate to MET.
+    """Scale every jet by ``1 + sign * delta(pT)`` and propagate to MET (``unc``: one
+    parametrised JES source, ``delta`` its :func:`vhbb.data.jes.relative_uncertainty`).
 
     ``directions``: :func:`_directions` of ``ev`` (computed here when not given).  The MET shift
     sums the jets slot by slot from +0.0 (``dpx = sum over the pair + sum over the additional
@@ -494,18 +511,17 @@ def scale_jes(
     change no such sum (it is never -0.0), so they are skipped.
     """
     trig = _directions(ev) if directions is None else directions
-    const, over = unc["constant"], unc["over_pt"]
-    s_pair = 1.0 + sign * jes_uncertainty(ev.jet_pt, const, over)
+    s_pair = 1.0 + sign * jesmod.relative_uncertainty(unc, ev.jet_pt)
     d_pair = ev.jet_pt * (s_pair - 1)
     pair_x, pair_y = d_pair * trig["cos_jet"], d_pair * trig["sin_jet"]
     # every pT = 0 slot has the scale of pT = 0
-    s_empty = 1.0 + sign * jes_uncertainty(np.zeros(1), const, over)
+    s_empty = 1.0 + sign * jesmod.relative_uncertainty(unc, np.zeros(1))
     s_add = np.full(ev.add_pt.shape[::-1], s_empty[0]).T  # column-major: slots contiguous
     n = len(ev.met_pt)
     add_x, add_y = np.zeros(n), np.zeros(n)
     for k, (rows, cos, sin) in enumerate(trig["add"]):
         pt = ev.add_pt[:, k][rows]
-        s_k = 1.0 + sign * jes_uncertainty(pt, const, over)
+        s_k = 1.0 + sign * jesmod.relative_uncertainty(unc, pt)
         s_add[:, k][rows] = s_k
         d = pt * (s_k - 1)
         add_x[rows] += d * cos
@@ -717,9 +733,11 @@ def cache_file(
     if kind == "nanoaod":
         layout, kind = layouts.nanoaod_preset(layout), "custom"
     if kind == "flat":
-        needed = flat_branches(layout, is_mc)
+        sources = _flat_sources(ttree, path) if is_mc else []
+        needed = flat_branches(layout, is_mc, sources)
         weight_branch = layout["weight_branch"]
     else:
+        sources = layouts.jes_source_names(layout) if is_mc else []
         needed = layouts.custom_branches(layout, is_mc)
         weight_branch = str(layout.get("weight", "genWeight"))
     jes_keys = layouts.jes_keys(layout) if kind == "custom" and is_mc else {}
@@ -735,6 +753,7 @@ def cache_file(
         "n_pair": 0,
         "n_nan_dropped": 0,
         "n_selected": 0,
+        "jes_sources": list(sources),
     }
     frames: list[pd.DataFrame] = []
     library = "np" if kind == "flat" else "ak"
@@ -769,7 +788,7 @@ def cache_file(
     frame = (
         pd.concat(frames, ignore_index=True)
         if frames
-        else _empty_frame(is_mc, list(regions), columns)
+        else _empty_frame(is_mc, list(regions), columns, sources)
     )
     stats["n_selected"] = len(frame)
     if is_mc and norm.get("from") == "runs":
@@ -785,6 +804,31 @@ def cache_file(
     if stats["n_read"] == 0:
         log.warning("%s (%s): tree '%s' holds no events", path, sample, layout["tree"])
     return frame, stats
+
+
+def _flat_sources(ttree, path: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The JES sources of a flat MC tree (:func:`flat_jes_sources`); none is an
+    :class:`~vhbb.core.errors.InputError` (a single-source file of an older toy says so)."""
+    try:
+        branches = [str(b) for b in ttree.keys()]
+    except Exception as exc:
+        raise InputError(
+            f"cannot read the branches of {path}: {type(exc).__name__}: {exc}. The file may be "
+            "truncated or corrupt: copy or regenerate it."
+        ) from None
+    sources = flat_jes_sources(branches)
+    if not sources:
+        hint = (
+            "; it has the single-source branches of an older toy (MET_pt_jesUp): regenerate it "
+            "(remove resources/ntuples)"
+            if "MET_pt_jesUp" in branches
+            else ""
+        )
+        raise InputError(
+            f"{path}: no JES variation branches (<branch>_jes_<source>Up/Down, e.g. "
+            f"MET_pt_jes_absoluteUp) in this flat MC tree{hint}"
+        )
+    return sources
 
 
 def _correction_branches(ttree, path: str, layout: Mapping[str, Any], is_mc: bool) -> list[str]:  # type: ignore[no-untyped-def]
@@ -866,7 +910,7 @@ def _process_chunk(
         base = flat_events(arrays, layout, None)
         variations = {None: base}
         if is_mc:
-            for var in VARIATIONS:
+            for var in jesmod.jes_variations(flat_jes_sources(list(arrays))):
                 variations[var] = flat_events(arrays, layout, var, base=base)
         has_pair = np.ones(n, dtype=bool)
         keys = {k: np.asarray(arrays[k]) for k in KEY_COLUMNS}
@@ -916,11 +960,11 @@ def _process_chunk(
     columns.update(extras)
     for name in ratio_branches:  # flat layout: weight variations read as cached (ratios)
         columns[name] = np.asarray(arrays[name], dtype=np.float64)[has_pair]
-    for var in VARIATIONS:
-        if var in variations:
-            derived = _derive(variations[var], add_pt_min, geo, nominal=False)
-            for name in VARIED_COLUMNS:
-                columns[f"{name}_{var}"] = derived[name]
+    varied = [v for v in variations if v is not None]  # the JES variations, in source order
+    for var in varied:
+        derived = _derive(variations[var], add_pt_min, geo, nominal=False)
+        for name in VARIED_COLUMNS:
+            columns[f"{name}_{var}"] = derived[name]
     # non-finite values
     bad = np.zeros(len(columns["gen_weight"]), dtype=bool)
     for name, values in columns.items():
@@ -942,7 +986,7 @@ def _process_chunk(
         columns = {k: v[~bad] for k, v in columns.items()}
     keep = np.zeros(len(columns["gen_weight"]), dtype=bool)
     region_codes = {}
-    for var in [None, *[v for v in VARIATIONS if v in variations]]:
+    for var in [None, *varied]:
         ns = variation_namespace(columns, var)
         presel, codes = _region_codes(ns, preselection, regions)
         keep |= presel
@@ -979,7 +1023,10 @@ def _frame(columns: dict[str, Any], is_mc: bool, region_names: list[str]) -> pd.
 
 
 def _empty_frame(
-    is_mc: bool, region_names: list[str], extra: list[str] | tuple[str, ...] = ()
+    is_mc: bool,
+    region_names: list[str],
+    extra: list[str] | tuple[str, ...] = (),
+    jes_sources: Sequence[str] = (),
 ) -> pd.DataFrame:
     cols: dict[str, np.ndarray] = {k: np.zeros(0) for k in KEY_COLUMNS}
     cols["gen_weight"] = np.zeros(0)
@@ -989,7 +1036,7 @@ def _empty_frame(
         cols[name] = np.zeros(0)
     cols["region"] = np.zeros(0, dtype=object)
     if is_mc:
-        for var in VARIATIONS:
+        for var in jesmod.jes_variations(jes_sources):
             for name in VARIED_COLUMNS:
                 cols[f"{name}_{var}"] = np.zeros(0)
             cols[f"region_{var}"] = np.zeros(0, dtype=object)
@@ -1095,6 +1142,28 @@ def _check_weight_variations(parts: list[pd.DataFrame], names: list[str], sample
         )
 
 
+def _part_jes_sources(part: pd.DataFrame, stats: Mapping[str, Any]) -> list[str]:
+    """The JES sources of one cached file: its metadata's list, else found in its columns."""
+    if "jes_sources" in stats:
+        return [str(s) for s in stats["jes_sources"]]
+    return jesmod.sources_in(part.columns, prefix="region_")
+
+
+def _check_jes_sources(
+    parts: list[pd.DataFrame], part_stats: list[dict[str, Any]], names: list[str], sample: str
+) -> list[str]:
+    """The JES sources every file of a sample shares, in order (else DataError)."""
+    lists = [_part_jes_sources(p, s) for p, s in zip(parts, part_stats, strict=True)]
+    odd = [n for n, got in zip(names, lists, strict=True) if got != lists[0]]
+    if odd:
+        raise DataError(
+            f"sample '{sample}': its files differ in the JES sources: {names[0]} has "
+            f"{lists[0] or 'none'}, but {', '.join(odd)} differ; regenerate the files or make "
+            "them consistent"
+        )
+    return lists[0]
+
+
 def merge_sample(
     parts: list[pd.DataFrame],
     part_stats: list[dict[str, Any]],
@@ -1123,6 +1192,7 @@ def merge_sample(
         )
     names = _part_names(part_stats)
     _check_weight_variations(parts, names, sample)
+    sources = _check_jes_sources(parts, part_stats, names, sample) if is_mc else []
     n_read = int(sum(int(s.get("n_read") or 0) for s in part_stats))
     if n_read == 0:
         raise InputError(
@@ -1157,6 +1227,7 @@ def merge_sample(
         "n_nan_dropped": int(sum(s["n_nan_dropped"] for s in part_stats)),
         "n_selected": len(frame),
         "sum_gen_weight": sum_gen,
+        "jes_sources": sources,
     }
     if not is_mc and overlap:
         frame, removed = remove_overlap(frame, overlap, sample)

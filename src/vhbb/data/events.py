@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from vhbb.core.errors import DataError, InputError
+from vhbb.data import jes as jesmod
 
 KEYS = ("run", "luminosityBlock", "event")
-JES_VARIATIONS = ("jesUp", "jesDown")
 WEIGHT_SIDES = ("Up", "Down")
 
 
@@ -37,6 +37,17 @@ def weight_variations(cache_path: str) -> list[str]:
         if m:
             sides.setdefault(m.group(1), set()).add(m.group(2))
     return sorted(n for n, s in sides.items() if len(s) == 2)
+
+
+def jes_sources(cache_path: str) -> list[str]:
+    """The JES sources of a cache, in order: its metadata's ``jes_sources`` (written by
+    :mod:`vhbb.data.cache`), else those with both ``region_jes_<s>Up`` and ``Down`` columns."""
+    from vhbb.data.cache import read_metadata
+
+    meta = read_metadata(cache_path)
+    if "jes_sources" in meta:
+        return [str(s) for s in meta["jes_sources"]]
+    return jesmod.sources_in(_schema_names(cache_path), prefix="region_")
 
 
 def _schema_names(cache_path: str) -> list[str]:
@@ -124,11 +135,13 @@ def read_events(
     weights: Sequence[str] = (),
     reweighting: Sequence[Mapping[str, Any]] = (),
     process: str | None = None,
+    jes: bool = True,
 ) -> dict[str, np.ndarray]:
     """Cached columns joined row by row with the out-of-fold scores (keys checked).
 
     Columns: the keys, ``weight``, ``region`` (str), ``m_jj``, ``score`` and, for MC, the JES
-    variations ``region_<v>``, ``m_jj_<v>``, ``score_<v>`` and the ratio columns
+    variations ``region_<v>``, ``m_jj_<v>``, ``score_<v>`` of every source of the cache
+    (:func:`jes_sources`; ``v = jes_<source>Up/Down``; not with ``jes=False``) and the ratio columns
     ``weight_<name>Up/Down`` of the weight systematics ``weights`` (a missing one raises
     :class:`~vhbb.core.errors.InputError`).  Scores must be finite.  Data events of a region
     blinded by the scoring stage (no score) are left out.
@@ -143,9 +156,10 @@ def read_events(
 
     cols = [*KEYS, "weight", "region", "m_jj"]
     score_cols = [*KEYS, "score"]
+    varied = jesmod.jes_variations(jes_sources(cache_path)) if is_mc and jes else ()
     if is_mc:
-        cols += [f"region_{v}" for v in JES_VARIATIONS] + [f"m_jj_{v}" for v in JES_VARIATIONS]
-        score_cols += [f"score_{v}" for v in JES_VARIATIONS]
+        cols += [f"region_{v}" for v in varied] + [f"m_jj_{v}" for v in varied]
+        score_cols += [f"score_{v}" for v in varied]
         derived = {str(e["name"]) for e in reweighting}
         ratio_cols = [
             c for name in weights if name not in derived for c in weight_variation_columns(name)
@@ -195,7 +209,6 @@ def read_events(
     if reweighting and is_mc:
         out["weight"] = out["weight"] * factor
     out["reweighting_factor"] = factor
-    if is_mc:
-        for v in JES_VARIATIONS:
-            out[f"region_{v}"] = out[f"region_{v}"].astype(str)
+    for v in varied:
+        out[f"region_{v}"] = out[f"region_{v}"].astype(str)
     return out

@@ -6,13 +6,14 @@ Layout of ``results/export/{region}.h5`` (all datasets have one row per event):
 dataset                dtype        meaning
 =====================  ===========  =====================================================
 features/nominal       f4 (N, F)    training features, raw (not standardised)
-features/jesUp|Down    f4 (N, F)    the same with jet-energy-scale variations (data: nominal)
+features/jes_<s>Up     f4 (N, F)    the same under the JES variation of source ``<s>`` (Up and
+                                    Down, every source; data: nominal)
 label                  i1           1 signal, 0 background, -1 data
 weight                 f8           signed sigma*L-normalised MC weight (data: 1)
 process                i1           index into the ``process_names`` attribute
 sample                 i2           index into the ``sample_names`` attribute
 domain                 i1           0 MC, 1 data
-m_jj, pt_jj            f4           dijet mass and pT (also ``m_jj_jesUp`` ... for MC)
+m_jj, pt_jj            f4           dijet mass and pT (also ``m_jj_jes_<s>Up`` ... per source)
 run, luminosityBlock,  u4, u4, u8   the event key (with ``sample``)
 event
 fold                   i1           hash(event key) mod k
@@ -21,8 +22,9 @@ cr_split               i1           data only: 0 domain-adaptation training, 1 f
 =====================  ===========  =====================================================
 
 Attributes: ``feature_names``, ``process_names``, ``sample_names``, ``region``, ``n_folds``,
-``standardisation_mean`` / ``standardisation_std`` (from training-region MC, unweighted),
-``config`` (JSON of the sections used) and ``provenance`` (JSON).
+``jes_sources`` (the JES sources of the MC caches, in order: every MC sample must have the same;
+:mod:`vhbb.data.jes`), ``standardisation_mean`` / ``standardisation_std`` (from training-region
+MC, unweighted), ``config`` (JSON of the sections used) and ``provenance`` (JSON).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +41,11 @@ import pandas as pd
 
 from vhbb.core.errors import ConfigError, DataError
 from vhbb.core.io import atomic_path
+from vhbb.data import jes as jesmod
 from vhbb.data import keys as keymod
 from vhbb.data.cache import VARIED_COLUMNS
 
 log = logging.getLogger(__name__)
-
-VARIATIONS = ("jesUp", "jesDown")
 
 
 def cr_fit_half(
@@ -60,6 +61,50 @@ def cr_fit_half(
     return u_cr < fraction
 
 
+def common_jes_sources(
+    sources: Mapping[str, Sequence[str]], what: str = "the MC caches"
+) -> list[str]:
+    """The JES sources shared by every MC sample (``sources[sample]``, in order); samples that
+    differ are a :class:`~vhbb.core.errors.DataError` (their varied columns would not line up)."""
+    lists = {name: list(got) for name, got in sources.items()}
+    if not lists:
+        return []
+    first, ref = next(iter(lists.items()))
+    odd = sorted(n for n, got in lists.items() if got != ref)
+    if odd:
+        raise DataError(
+            f"{what} differ in their JES sources: {first} has {ref or 'none'}, "
+            + ", ".join(f"{n} has {lists[n] or 'none'}" for n in odd)
+            + "; every MC sample needs the same sources (toy.jes_sources, the layouts' "
+            "jes_sources or jes.sources): recache the samples"
+        )
+    return ref
+
+
+def frame_jes_sources(
+    frames: Mapping[str, pd.DataFrame],
+    samples: Mapping[str, Mapping[str, Any]],
+    processes: Mapping[str, Mapping[str, Any]],
+) -> list[str]:
+    """The JES sources of the MC frames, found in their columns (``region_jes_<s>Up/Down``)."""
+    return common_jes_sources(
+        {
+            name: jesmod.sources_in(frame.columns, prefix="region_")
+            for name, frame in frames.items()
+            if processes[samples[name]["process"]]["role"] != "data"
+        }
+    )
+
+
+def export_jes_sources(arrays: Mapping[str, Any], attrs: Mapping[str, Any]) -> list[str]:
+    """The JES sources of an export: its ``jes_sources`` attribute, else those with both
+    ``features/jes_<s>Up`` and ``Down`` datasets."""
+    if "jes_sources" in attrs:
+        return [str(s) for s in attrs["jes_sources"]]
+    names = [k[len("features/") :] for k in arrays if str(k).startswith("features/")]
+    return jesmod.sources_in(names)
+
+
 def region_table(
     frames: Mapping[str, pd.DataFrame],
     *,
@@ -70,10 +115,15 @@ def region_table(
     export_cfg: Mapping[str, Any],
     blinded: bool,
     seed: int,
+    jes_sources: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Arrays of one region's export (pure function of the cached frames)."""
+    """Arrays of one region's export (pure function of the cached frames; ``jes_sources``:
+    the MC caches' JES sources, by default found in the MC frames' columns)."""
     process_names = list(processes)
     sample_names = list(samples)
+    if jes_sources is None:
+        jes_sources = frame_jes_sources(frames, samples, processes)
+    varied = jesmod.jes_variations(jes_sources)
     pieces: list[dict[str, np.ndarray]] = []
     for name, frame in frames.items():
         spec = samples[name]
@@ -94,7 +144,7 @@ def region_table(
         piece: dict[str, np.ndarray] = {
             "features/nominal": sel[features].to_numpy(np.float32).reshape(n, len(features)),
         }
-        for var in VARIATIONS:
+        for var in varied:
             cols = [f"{f}_{var}" if (f in VARIED_COLUMNS and not is_data) else f for f in features]
             piece[f"features/{var}"] = sel[cols].to_numpy(np.float32).reshape(n, len(features))
         piece["label"] = np.full(n, -1 if is_data else (1 if role == "signal" else 0), np.int8)
@@ -104,7 +154,7 @@ def region_table(
         piece["domain"] = np.full(n, 1 if is_data else 0, np.int8)
         for col in ("m_jj", "pt_jj"):
             piece[col] = sel[col].to_numpy(np.float32)
-            for var in VARIATIONS:
+            for var in varied:
                 src = f"{col}_{var}" if not is_data else col
                 piece[f"{col}_{var}"] = sel[src].to_numpy(np.float32)
         run = sel["run"].to_numpy(np.uint32)
@@ -247,8 +297,16 @@ def run_export(
     """Write every exported region (standardisation from the training region's MC)."""
     from vhbb.core.io import write_json
     from vhbb.core.provenance import provenance
+    from vhbb.data.events import jes_sources as cache_jes_sources
 
     frames = {name: pd.read_parquet(path) for name, path in cache_files.items()}
+    sources = common_jes_sources(
+        {
+            name: cache_jes_sources(path)
+            for name, path in cache_files.items()
+            if spec["processes"][spec["samples"][name]["process"]]["role"] != "data"
+        }
+    )
     export_cfg = spec["export"]
     check_samples(
         frames,
@@ -268,13 +326,14 @@ def run_export(
             export_cfg=export_cfg,
             blinded=spec["blinded"],
             seed=spec["seed"],
+            jes_sources=sources,
         )
         for region in outputs
     }
     mean, std = standardisation(tables[export_cfg["training_region"]])
     prov = provenance(dict(spec))
     process_names = list(spec["processes"])
-    summary: dict[str, Any] = {"regions": {}, "provenance": prov}
+    summary: dict[str, Any] = {"regions": {}, "jes_sources": list(sources), "provenance": prov}
     for region, path in outputs.items():
         table = tables[region]
         attrs = {
@@ -283,6 +342,7 @@ def run_export(
             "process_names": process_names,
             "sample_names": list(spec["samples"]),
             "n_folds": int(export_cfg["folds"]),
+            "jes_sources": list(sources),
             "standardisation_mean": mean,
             "standardisation_std": std,
             "config": dict(spec),

@@ -19,11 +19,16 @@ A layout of ``kind: custom`` (``samples.layouts.<name>``) says where every ingre
       columns: {h_mass: H_mass}            # extra cached columns: safe expressions
       weight: genWeight * puWeight         # MC event weight: safe expression over branches
       normalisation: {from: runs, tree: Runs, branch: genEventSumw}   # or events / value
-      jes:                                 # JES variations from branches (absent: parametrised)
+      jes:                                 # JES sources from branches (absent: parametrised)
         from: branches
-        up: {pt: Jet_pt_jesTotalUp, mass: Jet_mass_jesTotalUp,
-             met: {pt: MET_pt_jesTotalUp, phi: MET_phi_jesTotalUp}}
-        down: {pt: Jet_pt_jesTotalDown}    # mass and met are optional
+        sources:                           # one entry per source (one fit parameter each)
+          absolute:
+            up: {pt: Jet_pt_jesAbsoluteUp, mass: Jet_mass_jesAbsoluteUp,
+                 met: {pt: MET_pt_jesAbsoluteUp, phi: MET_phi_jesAbsoluteUp}}
+            down: {pt: Jet_pt_jesAbsoluteDown}    # mass and met are optional
+          flavorQCD:
+            up: {pt: Jet_pt_jesFlavorQCDUp}
+            down: {pt: Jet_pt_jesFlavorQCDDown}
 
 Jets pass the layout's ``jet_pt_min`` / ``jet_eta_max`` (and ``jet_id``, a branch, with
 ``jet_id_min``).  The b-jet pair is the two selected jets of highest b-tag (``btag``) or pT
@@ -32,10 +37,14 @@ negative index means no pair, an index past the collection is an error).  Additi
 the other selected jets (b-tag or pT order, or file order for ``index``).  The ``nanoaod`` kind is
 the preset :func:`nanoaod_preset` of this one (the same output as before).
 
-The JES variations (``jesUp`` / ``jesDown``, MC only) are parametrised by default (every
-selected jet scaled by ``jes_uncertainty``, :func:`vhbb.data.cache.scale_jes`).  With
-``jes: {from: branches, up: ..., down: ...}`` (:func:`jes_sides`) they are read from branches
-instead, e.g. NanoAOD-tools' ``Jet_pt_jesTotalUp``: per side the varied jet pT (``pt``, a
+The JES variations (MC only) come in named sources, ``jes_<source>Up`` / ``jes_<source>Down``
+each (:mod:`vhbb.data.jes`).  They are parametrised by default: every selected jet scaled by
+``1 +- (constant + over_pt / pT)`` per source of ``jes_sources`` (default one source ``total``,
+``0.015 + 1.5 / pT``; :func:`vhbb.data.cache.scale_jes`; the toy's flavour terms need the
+true jet flavour and are not available to a layout).  With ``jes: {from: branches, sources:
+{<name>: {up: ..., down: ...}}}`` (:func:`jes_sides`; the single-source form ``jes: {from:
+branches, up: ..., down: ...}`` is the source ``total``) they are read from branches
+instead, e.g. NanoAOD-tools' ``Jet_pt_jesAbsoluteUp``: per side the varied jet pT (``pt``, a
 per-jet branch of the jet collection), optionally the varied jet mass (``mass``; absent: the
 nominal mass scaled by the ratio of varied to nominal pT, as the parametrised variation does)
 and the varied MET (``met``: ``{pt, phi}`` or ``{px, py}``; absent: the nominal MET minus the
@@ -57,14 +66,18 @@ import numpy as np
 
 from vhbb.core.errors import ConfigError, DataError, InputError
 from vhbb.data import expressions
+from vhbb.data import jes as jesmod
 
 KEY_COLUMNS = ("run", "luminosityBlock", "event")
 JET_FIELDS = ("pt", "eta", "phi", "mass", "btag")
 PAIR_CHOICES = ("btag", "pt", "index")
 JET_SETS = ("pair", "selected", "all")
-# the JES variations and the sides of ``jes`` that give them (``jes.from: branches``)
-JES_SIDES = (("jesUp", "up"), ("jesDown", "down"))
-JES_SOURCES = ("parametrised", "branches")
+# the sides of a JES source read from branches (``jes.from: branches``): key -> variation side
+JES_SIDES = (("Up", "up"), ("Down", "down"))
+JES_FROM = ("parametrised", "branches")
+# the parametrised JES sources of a layout without ``jes_sources`` (the schema's default)
+DEFAULT_JES_SOURCES = {"total": {"constant": 0.015, "over_pt": 1.5}}
+LEGACY_SOURCE = "total"  # the source of the single-source form jes: {from: branches, up, down}
 _JES_FIELD = "jes:"  # prefix of the internal per-jet fields holding the varied quantities
 N_ADD_SLOTS = 6  # additional-jet slots of the standard structure (vhbb.data.cache)
 
@@ -94,7 +107,7 @@ class Reduced:
     lazy_jets: Callable[[], tuple[Any, Any, Any]] | None = None  # -> (pair, add, all_jets)
     # JES variations read from branches (empty: parametrised): variation -> pair_pt (N, 2),
     # add_pt (N, K), optionally pair_mass (N, 2) and met_pt, met_phi (N,), float64
-    jes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    jes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # in source order
 
     def _awkward(self) -> None:
         if self.pair is None and self.lazy_jets is not None:
@@ -172,31 +185,86 @@ def met_branches(met: Mapping[str, str]) -> dict[str, str]:
     )
 
 
-def jes_sides(layout: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """The JES variations read from branches: ``jesUp`` / ``jesDown`` -> the side's branches
-    ``{pt, mass (optional), met (optional: {pt, phi} or {px, py})}``; empty when the variations
-    are parametrised (``jes`` absent or ``jes.from: parametrised``)."""
-    jes = layout.get("jes") or {}
-    source = jes.get("from", "parametrised")
-    if source not in JES_SOURCES:
+def _jes_from(layout: Mapping[str, Any]) -> str:
+    source = (layout.get("jes") or {}).get("from", "parametrised")
+    if source not in JES_FROM:
         raise ConfigError(
             f"config error at 'samples.layouts.<name>.jes.from': unknown '{source}'; use one of "
-            f"{', '.join(JES_SOURCES)}"
+            f"{', '.join(JES_FROM)}"
         )
-    if source == "parametrised":
+    return str(source)
+
+
+def _branch_sources(layout: Mapping[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """``jes.from: branches``: source -> (its layout key, ``{up: ..., down: ...}``); the
+    single-source form ``jes: {up, down}`` is the source ``total`` (key ``jes``)."""
+    jes = layout.get("jes") or {}
+    if jes.get("sources"):
+        if "up" in jes or "down" in jes:
+            raise ConfigError(
+                "config error at 'samples.layouts.<name>.jes': give either 'sources' or the "
+                "single-source 'up' / 'down', not both"
+            )
+        named = jesmod.as_mapping(jes["sources"])
+        if not named:
+            raise ConfigError(
+                "config error at 'samples.layouts.<name>.jes.sources': no JES source left "
+                "(each is null); give at least one"
+            )
+        jesmod.check_names(named, "samples.layouts.<name>.jes.sources")
+        return {n: (f"jes.sources.{n}", dict(spec)) for n, spec in named.items()}
+    return {LEGACY_SOURCE: ("jes", {k: jes[k] for k in ("up", "down") if k in jes})}
+
+
+def parametrised_sources(layout: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """The parametrised JES sources of a layout (``jes_sources``, in order; default
+    :data:`DEFAULT_JES_SOURCES`); a source with flavour terms is a config error (a layout has
+    no true jet flavour)."""
+    raw = layout.get("jes_sources")
+    sources = jesmod.as_mapping(DEFAULT_JES_SOURCES if raw is None else raw)
+    if not sources:
+        raise ConfigError(
+            "config error at 'samples.layouts.<name>.jes_sources': no JES source left (each "
+            "is null); give at least one"
+        )
+    jesmod.check_names(sources, "samples.layouts.<name>.jes_sources")
+    for name, spec in sources.items():
+        if jesmod.needs_flavour(spec):
+            raise ConfigError(
+                f"config error at 'samples.layouts.<name>.jes_sources.{name}': flavour terms "
+                "(b, c, l) need the true jet flavour, which only the toy knows; use constant "
+                "and over_pt (or read the source from branches: jes.from: branches)"
+            )
+    return {n: dict(spec) for n, spec in sources.items()}
+
+
+def jes_source_names(layout: Mapping[str, Any]) -> list[str]:
+    """The JES sources a custom (or nanoaod) layout gives MC, in order."""
+    if _jes_from(layout) == "branches":
+        return list(_branch_sources(layout))
+    return list(parametrised_sources(layout))
+
+
+def jes_sides(layout: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The JES variations read from branches: variation key (``jes_<source>Up`` / ``Down``) ->
+    the side's branches ``{pt, mass (optional), met (optional: {pt, phi} or {px, py})}``, in
+    source order; empty when the variations are parametrised (``jes`` absent or ``jes.from:
+    parametrised``)."""
+    if _jes_from(layout) == "parametrised":
         return {}
     out = {}
-    for var, side in JES_SIDES:
-        spec = jes.get(side) or {}
-        if not isinstance(spec.get("pt"), str):
-            raise ConfigError(
-                f"config error at 'samples.layouts.<name>.jes.{side}': 'from: branches' needs "
-                f"the branch of the varied jet pT ({side}: {{pt: Jet_pt_jesTotal"
-                f"{side.capitalize()}}})"
-            )
-        if spec.get("met") is not None:
-            met_branches(spec["met"])  # {pt, phi} or {px, py}
-        out[var] = dict(spec)
+    for source, (key, sides) in _branch_sources(layout).items():
+        for suffix, side in JES_SIDES:
+            spec = sides.get(side) or {}
+            if not isinstance(spec.get("pt"), str):
+                raise ConfigError(
+                    f"config error at 'samples.layouts.<name>.{key}.{side}': 'from: branches' "
+                    f"needs the branch of the varied jet pT ({side}: {{pt: Jet_pt_jesTotal"
+                    f"{side.capitalize()}}})"
+                )
+            if spec.get("met") is not None:
+                met_branches(spec["met"])  # {pt, phi} or {px, py}
+            out[jesmod.variation(source, suffix)] = dict(spec)
     return out
 
 
@@ -211,17 +279,20 @@ def jes_branches(layout: Mapping[str, Any]) -> list[str]:
 
 
 def jes_keys(layout: Mapping[str, Any]) -> dict[str, str]:
-    """Branch of the JES variations -> the layout key naming it (e.g. ``jes.up.pt``), for the
-    missing-branch message."""
+    """Branch of the JES variations -> the layout key naming it (e.g. ``jes.up.pt``,
+    ``jes.sources.absolute.down.met.phi``), for the missing-branch message."""
     out: dict[str, str] = {}
+    if _jes_from(layout) == "parametrised":
+        return out
     sides = jes_sides(layout)
-    for var, side in JES_SIDES:
-        spec = sides.get(var) or {}
-        for q in ("pt", "mass"):
-            if spec.get(q):
-                out.setdefault(spec[q], f"jes.{side}.{q}")
-        for q, branch in met_branches(spec["met"]).items() if spec.get("met") else ():
-            out.setdefault(branch, f"jes.{side}.met.{q}")
+    for source, (key, _) in _branch_sources(layout).items():
+        for suffix, side in JES_SIDES:
+            spec = sides.get(jesmod.variation(source, suffix)) or {}
+            for q in ("pt", "mass"):
+                if spec.get(q):
+                    out.setdefault(spec[q], f"{key}.{side}.{q}")
+            for q, branch in met_branches(spec["met"]).items() if spec.get("met") else ():
+                out.setdefault(branch, f"{key}.{side}.met.{q}")
     return out
 
 

@@ -9,8 +9,11 @@ about are physical, not put in by hand:
   dR_jj / 2`` for a boosted pair, and jet-pT cuts sculpt the background ``m_jj``);
 * jets are smeared with a ~12 % Gaussian response plus a semileptonic low tail (signal ``m_jj``
   resolution ~10-12 %), and MET is recomputed from the reconstructed jets;
-* jet-energy-scale up/down variations scale every jet (pT and mass) by a pT-dependent
-  uncertainty and are propagated to MET, so events migrate between regions;
+* jet-energy-scale (JES) variations, one up/down pair per named source of ``toy.jes_sources``
+  (:mod:`vhbb.data.jes`), scale every jet (pT and mass) by ``1 +- delta_s`` and are propagated
+  to MET, so events migrate between regions; ``delta_s = constant + over_pt / pT + {b, c,
+  l}[flavour]`` (the default sources: ``absolute``, a constant; ``pt``, ``over_pt / pT``;
+  ``flavour``, by the jet's true hadron flavour, additional jets being light);
 * b-tag scores follow the jets' hadron flavour; the flavour mix is per process;
 * an NLO-like fraction of events carries a negative generator weight with a probability that
   depends on pT_jj and m_jj (so dropping or |w|-ing them biases shapes);
@@ -20,8 +23,11 @@ about are physical, not put in by hand:
 
 Units: GeV.  Branch layout (``Events`` tree): ``run``, ``luminosityBlock``, ``event``,
 ``genWeight``; ``Jet{1,2}_{pt,eta,phi,mass,btag}``; ``AddJet{1..4}_{pt,eta,phi}``;
-``MET_pt``, ``MET_phi``; ``SoftActivityJetNjets5``; JES variations ``<branch>_jes{Up,Down}`` for
-every jet pT/mass and MET.  MC files also carry the generator-modelling weight variations
+``MET_pt``, ``MET_phi``; ``SoftActivityJetNjets5``; JES variations
+``<branch>_jes_<source>{Up,Down}`` (e.g. ``Jet1_pt_jes_absoluteUp``, ``MET_phi_jes_flavourDown``:
+the cache's variation keys as suffixes, where NanoAOD-tools writes ``Jet_pt_jesAbsoluteUp``) for
+every jet pT/mass and MET (the flat layout finds the sources in these branch names).  The true
+flavour is in no branch.  MC files also carry the generator-modelling weight variations
 ``weight_<name>{Up,Down}`` of :data:`PTV_VARIATIONS` (ratios to the nominal weight, float32): a
 pT(V)-dependent reweighting of Z+jets (``ptv_zjets``: Zlf, Zhf) and ttbar (``ptv_tt``: TT),
 ``1 +- 0.1 * clip((MET_pt - 200) / 300, 0, 1)`` (pT(V) = MET pT in Z->nunu), 1 for every other
@@ -42,12 +48,18 @@ import numpy as np
 
 from vhbb.core.errors import ConfigError
 from vhbb.core.io import atomic_path
+from vhbb.data import jes as jesmod
 
 log = logging.getLogger(__name__)
 
 N_ADD_SLOTS = 4
-VARIATIONS = ("jesUp", "jesDown")
 FLAVOURS = ("b", "c", "l")
+# the JES sources of toy.jes_sources (the schema's default): name -> relative-uncertainty terms
+DEFAULT_JES_SOURCES: dict[str, dict[str, float]] = {
+    "absolute": {"constant": 0.015},
+    "pt": {"over_pt": 2.0},
+    "flavour": {"b": 0.01, "c": 0.015, "l": 0.02},
+}
 
 
 @dataclass(frozen=True)
@@ -187,11 +199,6 @@ def _to_ptetaphim(v: np.ndarray) -> tuple[np.ndarray, ...]:
     return pt, eta, phi, m
 
 
-def jes_uncertainty(pt: np.ndarray, constant: float = 0.015, over_pt: float = 1.5) -> np.ndarray:
-    """Relative jet-energy-scale uncertainty: ``constant + over_pt / pT`` (pT in GeV)."""
-    return constant + over_pt / np.maximum(pt, 1.0)
-
-
 def negative_probability(model: ProcessModel, pt_jj: np.ndarray, m_jj: np.ndarray) -> np.ndarray:
     """P(genWeight < 0 | x): rises with pT_jj and m_jj; mean ~ ``model.negative_fraction``."""
     if model.negative_fraction <= 0:
@@ -208,13 +215,18 @@ def generate_events(
     *,
     data: bool = False,
     mismodelling_scale: float = 1.0,
-    jes: tuple[float, float] = (0.015, 1.5),
+    jes: Mapping[str, Mapping[str, float]] | list | None = None,
+    truth: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Generate ``n`` events of ``process`` (a key of :data:`PROCESS_MODELS`).
 
     Returns flat branches (float32 kinematics) plus ``_p_negative`` (the generator-level
     probability of a negative weight, used for the signed-density draw of pseudo-data).
     With ``data=True`` the soft-activity mean is multiplied by ``mismodelling_scale``.
+    ``jes``: the JES sources (``toy.jes_sources``, a mapping or the list form of
+    :func:`vhbb.data.jes.as_list`; default :data:`DEFAULT_JES_SOURCES`), one up/down pair of
+    branches each.  ``truth`` (a dict): receives ``jet_flavour``, the (N, 2) true flavours
+    (``'b'``, ``'c'``, ``'l'``) of ``Jet1``/``Jet2`` (no branch holds them).
 
     Longer than 100 lines on purpose: it is one generative sequence whose random-number calls
     must stay in this order (every toy file, and so every result downstream, depends on it);
@@ -289,20 +301,27 @@ def generate_events(
         out[f"AddJet{i + 1}_phi"] = add_phi[:, i]
     out["MET_pt"] = np.hypot(met_px, met_py)
     out["MET_phi"] = np.arctan2(met_py, met_px)
-    # JES variations of every jet-dependent column, propagated to MET
-    for var, sign in (("jesUp", 1.0), ("jesDown", -1.0)):
+    # the true flavour of the two b-jet candidates in pT order (additional jets: light)
+    flavour = {1: np.where(lead_first, f1, f2), 2: np.where(lead_first, f2, f1)}
+    if truth is not None:
+        truth["jet_flavour"] = np.stack([flavour[1], flavour[2]], axis=1)
+    light = np.full(n, "l")
+    # JES variations per source of every jet-dependent column, propagated to MET
+    sources = jesmod.as_mapping(DEFAULT_JES_SOURCES if jes is None else jes)
+    for source, var, sign in jesmod.signed_variations(sources):
+        spec = sources[source]
         dpx = np.zeros(n)
         dpy = np.zeros(n)
         for slot in (1, 2):
             pt = out[f"Jet{slot}_pt"]
-            scale = 1.0 + sign * jes_uncertainty(pt, *jes)
+            scale = 1.0 + sign * jesmod.relative_uncertainty(spec, pt, flavour[slot])
             out[f"Jet{slot}_pt_{var}"] = pt * scale
             out[f"Jet{slot}_mass_{var}"] = out[f"Jet{slot}_mass"] * scale
             dpx += pt * (scale - 1) * np.cos(out[f"Jet{slot}_phi"])
             dpy += pt * (scale - 1) * np.sin(out[f"Jet{slot}_phi"])
         for i in range(1, N_ADD_SLOTS + 1):
             pt = out[f"AddJet{i}_pt"]
-            scale = 1.0 + sign * jes_uncertainty(pt, *jes)
+            scale = 1.0 + sign * jesmod.relative_uncertainty(spec, pt, light)
             out[f"AddJet{i}_pt_{var}"] = pt * scale
             dpx += pt * (scale - 1) * np.cos(out[f"AddJet{i}_phi"])
             dpy += pt * (scale - 1) * np.sin(out[f"AddJet{i}_phi"])
@@ -339,7 +358,7 @@ def weight_variation_branches(process: str, met_pt: np.ndarray) -> dict[str, np.
 
 
 def generate_mc_file(
-    process: str, n: int, seed: np.random.SeedSequence, file_index: int, jes=(0.015, 1.5)
+    process: str, n: int, seed: np.random.SeedSequence, file_index: int, jes=None
 ) -> dict[str, np.ndarray]:
     """One MC file: ``n`` events with signed generator weights and (run, lumi, event) keys.
 
@@ -368,7 +387,7 @@ def generate_data_file(
     seed: np.random.SeedSequence,
     file_index: int,
     mismodelling_scale: float = 1.0,
-    jes=(0.015, 1.5),
+    jes=None,
 ) -> dict[str, np.ndarray]:
     """One pseudo-data file drawn from the signed MC density.
 
@@ -461,7 +480,7 @@ def run_toy_file(
     file_index: int,
     seed: int,
     compression: str,
-    jes: Mapping[str, float],
+    jes_sources: Mapping[str, Mapping[str, float]] | list,
     process: str | None = None,
     n_events: int = 0,
     data_expected: Mapping[str, float] | None = None,
@@ -471,16 +490,18 @@ def run_toy_file(
     """Write one toy file (MC when ``process`` is given, else pseudo-data); return its size.
 
     ``format``: ``ttree`` or ``rntuple`` (``toy.format``); the values are the same either way.
+    ``jes_sources``: ``toy.jes_sources`` (a mapping, or the order-keeping list form of
+    :func:`vhbb.data.jes.as_list` that :func:`file_spec` gives).
     """
     ss = derive_seed(seed, sample, file_index)
-    jes_pair = (jes["constant"], jes["over_pt"])
+    jes = jesmod.as_mapping(jes_sources)
     if data_expected is None:
         if process is None:
             raise ValueError("an MC toy file needs a process")
-        branches = generate_mc_file(process, n_events, ss, file_index, jes=jes_pair)
+        branches = generate_mc_file(process, n_events, ss, file_index, jes=jes)
     else:
         branches = generate_data_file(
-            dict(data_expected), ss, file_index, mismodelling_scale, jes=jes_pair
+            dict(data_expected), ss, file_index, mismodelling_scale, jes=jes
         )
     write_tree(path, branches, compression, format=format)
     n = len(branches["event"])
@@ -492,13 +513,19 @@ def file_spec(config: Mapping, sample: str, file_index: int) -> dict:
     """Everything one toy file depends on (the rule's params: a change reruns that file only)."""
     spec = config["samples"]["list"][sample]
     toy_cfg = config["toy"]
+    if not jesmod.as_mapping(toy_cfg["jes_sources"]):
+        raise ConfigError(
+            "config error at 'toy.jes_sources': no JES source left (each is null); give at "
+            "least one (the flat layout needs the JES branches of one source at least)"
+        )
     base = {
         "sample": sample,
         "file_index": int(file_index),
         "seed": int(config["seed"]),
         "compression": toy_cfg["compression"],
         "format": toy_cfg.get("format", "ttree"),
-        "jes": dict(toy_cfg["jes_uncertainty"]),
+        # a list keeps the sources' order through the params' canonical (key-sorted) JSON
+        "jes_sources": jesmod.as_list(toy_cfg["jes_sources"]),
     }
     processes = config["samples"]["processes"]
     if processes[spec["process"]]["role"] == "data":

@@ -650,9 +650,10 @@ def load_oof_events(
     transformed weight, else ``abs`` (flagged in the metrics).  With ``reweighting`` the MC
     weight and positive weight carry the derived corrections' nominal factors.
     """
-    from vhbb.data.export import cr_fit_half
+    from vhbb.data.export import common_jes_sources, cr_fit_half
 
     parts: list[dict[str, np.ndarray]] = []
+    mc_varied: dict[str, list[str]] = {}  # MC sample -> its score_jes_* columns
     for sample, cache_path in cache_files.items():
         proc = samples[sample]["process"]
         role = processes[proc]["role"]
@@ -676,12 +677,11 @@ def load_oof_events(
             "reweighting_factor": ev["reweighting_factor"][sel],
         }
         if is_mc:
-            part["score_jesUp"] = ev["score_jesUp"][sel]
-            part["score_jesDown"] = ev["score_jesDown"][sel]
+            mc_varied[sample] = [k for k in ev if k.startswith("score_jes_")]
+            for key in mc_varied[sample]:  # the JES-varied scores (score_jes_<source>Up/Down)
+                part[key] = ev[key][sel]
             part["fit_half"] = np.zeros(n, bool)
         else:
-            part["score_jesUp"] = part["score"]
-            part["score_jesDown"] = part["score"]
             part["fit_half"] = cr_fit_half(
                 sample,
                 part["run"],
@@ -693,6 +693,10 @@ def load_oof_events(
         parts.append(part)
     if not parts:
         raise InputError("evaluation: no sample given")
+    varied = common_jes_sources(mc_varied, "the MC scores (score_jes_<source>Up/Down columns)")
+    for part in parts:  # data: the nominal score under every JES variation
+        for key in varied:
+            part.setdefault(key, part["score"])
     events: Events = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     for k in ("region", "process", "role", "sample"):
         events[k] = events[k].astype(str)
@@ -990,7 +994,7 @@ def plot_data(
             "sumw2": h2.tolist(),
         }
     mc = ev["role"] != "data"
-    for var in ("score", "score_jesUp", "score_jesDown"):
+    for var in ("score", *(k for k in ev if k.startswith("score_jes_"))):
         if var in ev:
             h, h2 = weighted_hist(ev[var][mc], ev["weight"][mc], edges)
             out["variations"][var] = {"sumw": h.tolist(), "sumw2": h2.tolist()}

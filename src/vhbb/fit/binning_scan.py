@@ -136,7 +136,7 @@ def read_signal_region(
         proc = samples[sample]["process"]
         if processes[proc]["role"] == "data":
             continue
-        ev = read_events(cache_path, score_files[sample], sample, True)
+        ev = read_events(cache_path, score_files[sample], sample, True, jes=False)  # nominal
         sel = ev["region"] == sr
         parts.setdefault(proc, []).append(
             {

@@ -7,7 +7,7 @@ The card follows the Combine documentation's layout: ``imax``/``jmax``/``kmax`` 
 taken from the histograms) and the systematics:
 
 * ``lnN`` lines for the normalisation uncertainties (``kappa`` or ``lo/hi`` per process);
-* ``shape`` lines for the JES (and every histosys of the model);
+* ``shape`` lines for the JES sources ``jes_<source>`` (and every histosys of the model);
 * ``rateParam`` lines for the free scale factors (``simultaneous`` mode), initial value the
   control-region result and range ``[0,10]``; in ``constrained`` mode the nominal yields are
   scaled by the centres and the eigenvectors of the scale-factor covariance become ``lnN``

@@ -6,8 +6,9 @@ signal-region bins and writes ``hists.h5``/``hists.root`` (:func:`vhbb.fit.templ
 and ``binning.json`` (the edges, the merging summary and the yields).  The histogram content,
 edges and merging are documented in :mod:`vhbb.fit.templates`.  The weight systematics
 histogrammed (``fit.systematics.weights``: ``auto`` or a list,
-:func:`resolve_weight_systematics`) are listed in the metadata (``weight_systematics``); the fit
-turns each into a shape nuisance.
+:func:`resolve_weight_systematics`) are listed in the metadata (``weight_systematics``), and so
+are the JES sources of the caches (``jes_sources``, :func:`common_jes_sources`: every MC cache
+must have the same); the fit turns each into a shape nuisance.
 
 The figures (templates, stacked data/MC per region) are drawn by the rule ``hists_plots``
 (:func:`vhbb.fit.figures.run_hists_plots`) from ``hists.h5`` and ``plot_data.h5``: while blinding is
@@ -31,6 +32,7 @@ from vhbb.core.errors import ConfigError, InputError
 from vhbb.core.io import atomic_path, write_json
 from vhbb.core.provenance import provenance
 from vhbb.data.events import (
+    jes_sources,
     read_events,
     reweighting_entries,
     reweighting_warnings,
@@ -45,7 +47,7 @@ PLOT_COLUMNS = ("m_jj", "score")
 
 
 RESERVED_NAMES = ("mu", "jes")
-RESERVED_PREFIXES = ("sf_", "gamma_", "staterror_")
+RESERVED_PREFIXES = ("jes_", "sf_", "gamma_", "staterror_")
 
 
 def resolve_weight_systematics(
@@ -87,7 +89,7 @@ def resolve_weight_systematics(
     if bad:
         raise ConfigError(
             f"config error at 'fit.systematics.weights': the weight systematic(s) "
-            f"{', '.join(bad)} clash with fit parameter names (mu, jes, sf_*, gamma_*, "
+            f"{', '.join(bad)} clash with fit parameter names (mu, jes, jes_*, sf_*, gamma_*, "
             "staterror_*); rename the weight_<name>Up/Down columns or list other names"
         )
     return names
@@ -103,6 +105,21 @@ def available_weight_systematics(
         for sample, path in cache_files.items()
         if processes[samples[sample]["process"]]["role"] != "data"
     }
+
+
+def common_jes_sources(cache_files: Mapping[str, str], spec: Mapping[str, Any]) -> list[str]:
+    """The JES sources of the MC caches (their metadata, :func:`vhbb.data.events.jes_sources`);
+    caches that differ are a :class:`~vhbb.core.errors.DataError`."""
+    from vhbb.data.export import common_jes_sources as common
+
+    samples, processes = spec["samples"], spec["processes"]
+    return common(
+        {
+            sample: jes_sources(path)
+            for sample, path in cache_files.items()
+            if processes[samples[sample]["process"]]["role"] != "data"
+        }
+    )
 
 
 def read_samples(
@@ -172,9 +189,11 @@ def fill_regions(
     score_edges: np.ndarray,
     blinded: bool,
     weight_systematics: Sequence[str] = (),
+    jes_sources: Sequence[str] | None = None,
 ) -> dict[str, RegionHists]:
     """Histograms of the signal region (data only when unblinded) and the control regions (the
-    fit half of the data); MC with the variations of ``weight_systematics`` too."""
+    fit half of the data); MC with the variations of ``jes_sources`` (default: found in the
+    events' columns) and ``weight_systematics`` too."""
 
     def data_columns(select: np.ndarray | None) -> dict[str, np.ndarray] | None:
         if data is None:
@@ -193,6 +212,7 @@ def fill_regions(
             data_events=sr_data,
             data_label="data" if sr_data is not None else "",
             weight_systematics=weight_systematics,
+            jes_sources=jes_sources,
         )
     }
     cr_data = None if data is None else data_columns(data["fit_half"])
@@ -205,6 +225,7 @@ def fill_regions(
             data_events=cr_data,
             data_label="data, fit half (cr_split == 1)",
             weight_systematics=weight_systematics,
+            jes_sources=jes_sources,
         )
     return regions
 
@@ -284,6 +305,7 @@ def run_hists(
     for names in available.values():  # a derived reweighting's nuisance is in every MC sample
         names.extend(e["name"] for e in rew if e["uncertainty"])
     weights = resolve_weight_systematics(spec.get("weight_systematics", "auto"), available)
+    sources = common_jes_sources(cache_files, spec)
     mc, data = read_samples(cache_files, score_files, spec, weights, rew)
     procs, signal = mc_processes(spec), signal_processes(spec)
     background = [p for p in procs if p not in signal]
@@ -298,6 +320,7 @@ def run_hists(
         score_edges=s_edges,
         blinded=blinded,
         weight_systematics=weights,
+        jes_sources=sources,
     )
     b, b2 = regions[sr].total(background)
     binning = bn.merge_bins(
@@ -315,6 +338,7 @@ def run_hists(
         "cr_data_fit_fraction": float(spec["cr_data_fit_fraction"]),
         "blinded": blinded,
         "weight_systematics": weights,
+        "jes_sources": sources,
         "reweighting": [e["name"] for e in rew],
         "warnings": reweighting_warnings(rew),
         "score_edges_mode": settings["score"]["mode"],

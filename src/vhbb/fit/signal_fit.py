@@ -17,10 +17,12 @@ of mu-hat against the toy's hidden truth):
   the Asimov yields at the control-region scale factors.
 
 Systematics (``fit.systematics``): Barlow-Beeston-lite MC statistics (``mc_stat``), lnN
-normalisation uncertainties (``lnN``), the JES shape and migration (``jes``) and the weight
+normalisation uncertainties (``lnN``), the JES shape and migration (``jes``: one parameter
+``jes_<source>`` per JES source of the histograms, :mod:`vhbb.data.jes`) and the weight
 systematics (``weights``: per-event weight ratios ``weight_<name>Up/Down`` of the caches,
-histogrammed by :mod:`vhbb.fit.hists`); JES and every weight systematic are shape nuisances
-(histosys, code 4p, one parameter ``<name>`` each, correlated across regions and processes:
+histogrammed by :mod:`vhbb.fit.hists`); every JES source and every weight systematic is a shape
+nuisance (histosys, code 4p, one parameter each, correlated across regions and processes, acting
+on the normalisation, i.e. the migration between regions, and on the shape:
 :func:`shape_systematics`); see
 :mod:`vhbb.stats.likelihood` for the likelihood and :mod:`vhbb.fit.workspace` for the pyhf export.
 
@@ -44,7 +46,8 @@ from vhbb.core.errors import InputError, VhbbError
 from vhbb.core.io import write_json
 from vhbb.core.provenance import provenance
 from vhbb.core.results import ScaleFactors, read_scale_factors
-from vhbb.fit.templates import Binning, RegionHists, read_hists
+from vhbb.data import jes as jesmod
+from vhbb.fit.templates import Binning, RegionHists, read_hists, region_jes_sources
 from vhbb.stats import likelihood as lk
 
 log = logging.getLogger(__name__)
@@ -83,10 +86,42 @@ def lnn_normsys(
     return normsys
 
 
-def shape_systematics(meta: Mapping[str, Any], systematics: Mapping[str, Any]) -> list[str]:
+def jes_parameters(
+    meta: Mapping[str, Any],
+    systematics: Mapping[str, Any],
+    jes_sources: Sequence[str] | None = None,
+) -> list[str]:
+    """The JES parameters ``jes_<source>`` of the fit: every JES source of the histograms
+    (``meta['jes_sources']``, else ``jes_sources``) with ``fit.systematics.jes: true``, none with
+    ``false``, the listed sources with a list (one missing from the histograms raises
+    :class:`~vhbb.core.errors.InputError`)."""
+    setting = systematics.get("jes", True)
+    if setting is False:
+        return []
+    in_hists = [str(s) for s in meta.get("jes_sources", jes_sources or [])]
+    if setting is True:
+        chosen = in_hists
+    else:
+        missing = [s for s in setting if s not in in_hists]
+        if missing:
+            raise InputError(
+                f"JES source(s) {', '.join(missing)} (fit.systematics.jes) are not in the "
+                f"histograms (they hold {in_hists or 'none'}); check the names or rerun the "
+                "hists rule"
+            )
+        chosen = [str(s) for s in setting]
+    return [jesmod.parameter(s) for s in chosen]
+
+
+def shape_systematics(
+    meta: Mapping[str, Any],
+    systematics: Mapping[str, Any],
+    jes_sources: Sequence[str] | None = None,
+) -> list[str]:
     """The shape nuisances of the fit, one parameter each (correlated across regions and
-    processes): ``jes`` (when ``fit.systematics.jes``) and every weight systematic of the
-    histograms (``meta['weight_systematics']``, chosen by ``fit.systematics.weights``).
+    processes): ``jes_<source>`` per JES source (:func:`jes_parameters`, by
+    ``fit.systematics.jes``) and every weight systematic of the histograms
+    (``meta['weight_systematics']``, chosen by ``fit.systematics.weights``).
 
     The histogram variations of shape systematic ``s`` are ``<s>Up`` / ``<s>Down``.  A listed
     weight systematic missing from the histograms (stale ``hists.h5``) raises
@@ -104,7 +139,7 @@ def shape_systematics(meta: Mapping[str, Any], systematics: Mapping[str, Any]) -
                 f"in the histograms (they hold {in_hists or 'none'}); rerun the hists rule"
             )
         weights = list(setting)
-    return (["jes"] if systematics.get("jes", True) else []) + weights
+    return jes_parameters(meta, systematics, jes_sources) + weights
 
 
 def _templates(
@@ -115,7 +150,7 @@ def _templates(
     *,
     control_regions: Sequence[str],
     fixed_sf: bool,
-    shapes: Sequence[str] = ("jes",),
+    shapes: Sequence[str] = (),
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per process the yields over the channel bins (merged signal-region bins, then one bin per
     control region, MC times the fit fraction there): ``nominal``, ``sumw2`` and, per shape
@@ -233,7 +268,7 @@ def build_model(
     syst = spec["systematics"]
     sf_procs = [p for p in scale_factors if p in procs]
     crs = list(meta["control_regions"]) if mode == "simultaneous" else []
-    shapes = shape_systematics(meta, syst)
+    shapes = shape_systematics(meta, syst, region_jes_sources(regions[sr]))
     normsys = lnn_normsys(syst.get("lnN"), procs)
     clash = sorted(set(shapes) & set(normsys))
     if clash:
@@ -444,7 +479,7 @@ def run_signal_fit(
         "parameters": list(model.names),
         **{k: result[k] for k in ("nuisances", "correlation_with_mu", "status", "scan", "nll")},
         "limits": limits,
-        "truth_pull": truth_pull(result, spec),
+        "truth_pull": truth_pull(result, spec, corrections=meta.get("reweighting") or []),
         "warnings": list(meta.get("warnings", [])),  # upstream (warn mode), from hists.h5
         "method": {
             "likelihood": "binned Poisson in m_jj x score (unrolled, merged), HistFactory "
@@ -461,9 +496,13 @@ def run_signal_fit(
     return doc
 
 
-def truth_pull(result: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Any] | None:
+def truth_pull(
+    result: Mapping[str, Any], spec: Mapping[str, Any], corrections: Sequence[str] = ()
+) -> dict[str, Any] | None:
     """``(mu-hat - mu_true) / sigma`` of an observed fit of the toy's pseudo-data (sigma: the MINOS
-    error on the side of the truth); None for Asimov fits or data without a known truth."""
+    error on the side of the truth); None for Asimov fits or data without a known truth.
+    ``corrections``: the data-driven reweightings applied to the MC (hists metadata), recorded
+    with the toy's mismodelling setting so the closure says which case it is."""
     truth = spec.get("truth")
     if spec.get("signal_region_data") != "observed" or not truth:
         return None
@@ -475,6 +514,7 @@ def truth_pull(result: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, 
         "pull": float(pull),
         "within_3_sigma": bool(abs(pull) < 3.0),
         "mismodelling": truth.get("mismodelling"),
+        "corrections": list(corrections),
     }
 
 

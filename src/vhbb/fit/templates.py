@@ -3,8 +3,9 @@
 **Histograms.** Per region (the signal region ``export.training_region`` and the control regions
 ``fit.scale_factors.regions``) and per MC process, weighted 2D histograms of (m_jj, score) with
 the original signed sigma*L weights and their sums of squared weights, for the nominal and the
-JES-varied columns (``region_jesUp``, ``m_jj_jesUp``, ``score_jesUp``: events migrate between
-regions) and, per weight systematic ``<name>`` (``fit.systematics.weights``), the variations
+JES-varied columns of every JES source ``s`` (variations ``jes_<s>Up`` / ``Down``: the columns
+``region_jes_<s>Up``, ``m_jj_jes_<s>Up``, ``score_jes_<s>Up``; events migrate between regions)
+and, per weight systematic ``<name>`` (``fit.systematics.weights``), the variations
 ``<name>Up`` / ``<name>Down``: the nominal regions, m_jj and score with the weight multiplied by
 the cached ratio ``weight_<name>Up`` / ``weight_<name>Down`` (:func:`variations`).  Data: the
 signal region only when ``blinding.enabled`` is false; the control regions
@@ -41,17 +42,24 @@ from typing import Any
 import numpy as np
 
 from vhbb.core.errors import DataError
+from vhbb.data import jes as jesmod
 
 log = logging.getLogger(__name__)
 
-VARIATIONS = ("nominal", "jesUp", "jesDown")
+NOMINAL = "nominal"
 WEIGHT_SIDES = ("Up", "Down")
 
 
-def variations(weight_systematics: Sequence[str] = ()) -> tuple[str, ...]:
-    """The histogram variations: nominal, the JES ones, then ``<name>Up``, ``<name>Down`` per
-    weight systematic (in the given order)."""
-    return VARIATIONS + tuple(f"{n}{side}" for n in weight_systematics for side in WEIGHT_SIDES)
+def variations(
+    weight_systematics: Sequence[str] = (), jes_sources: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """The histogram variations: nominal, the JES ones (``jes_<source>Up``, ``Down`` per
+    source), then ``<name>Up``, ``<name>Down`` per weight systematic (in the given orders)."""
+    return (
+        NOMINAL,
+        *jesmod.jes_variations(jes_sources),
+        *(f"{n}{side}" for n in weight_systematics for side in WEIGHT_SIDES),
+    )
 
 
 def variation_columns(variation: str, weight_systematics: Sequence[str] = ()) -> dict[str, str]:
@@ -62,7 +70,7 @@ def variation_columns(variation: str, weight_systematics: Sequence[str] = ()) ->
             if variation == f"{name}{side}":
                 ratio = f"weight_{name}{side}"
                 return {"region": "region", "m_jj": "m_jj", "score": "score", "ratio": ratio}
-    if variation not in VARIATIONS:
+    if variation != NOMINAL and jesmod.source_of(variation) is None:
         raise ValueError(f"unknown histogram variation '{variation}'")
     sfx = "" if variation == "nominal" else f"_{variation}"
     return {"region": f"region{sfx}", "m_jj": f"m_jj{sfx}", "score": f"score{sfx}", "ratio": ""}
@@ -163,19 +171,24 @@ def fill_region(
     data_events: Mapping[str, np.ndarray] | None,
     data_label: str = "",
     weight_systematics: Sequence[str] = (),
+    jes_sources: Sequence[str] | None = None,
 ) -> RegionHists:
     """Histograms of one region from per-process event arrays.
 
-    ``events[process]`` holds ``weight``, and per variation ``v`` in (nominal, jesUp, jesDown)
-    the columns ``region``/``m_jj``/``score`` (nominal) or ``region_<v>``/``m_jj_<v>``/
-    ``score_<v>``; per weight systematic ``<name>`` the ratios ``weight_<name>Up/Down``
+    ``events[process]`` holds ``weight``, and per variation ``v`` (nominal and ``jes_<s>Up`` /
+    ``Down`` per JES source ``s`` of ``jes_sources``; default: the sources with both
+    ``region_jes_<s>Up`` and ``Down`` columns in the events of every process) the columns
+    ``region``/``m_jj``/``score`` (nominal) or ``region_<v>``/``m_jj_<v>``/``score_<v>``; per
+    weight systematic ``<name>`` the ratios ``weight_<name>Up/Down``
     (:func:`variations`).  ``data_events`` holds ``region``, ``m_jj``, ``score`` of the selected
     data.
     """
+    if jes_sources is None:
+        jes_sources = events_jes_sources(events)
     mc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     for proc, ev in events.items():
         mc[proc] = {}
-        for var in variations(weight_systematics):
+        for var in variations(weight_systematics, jes_sources):
             cols = variation_columns(var, weight_systematics)
             sel = np.asarray(ev[cols["region"]]).astype(str) == region
             weight = np.asarray(ev["weight"], dtype=np.float64)[sel]
@@ -199,6 +212,22 @@ def fill_region(
             score_edges,
         )
     return RegionHists(region, np.asarray(mjj_edges), np.asarray(score_edges), mc, data, data_label)
+
+
+def events_jes_sources(events: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The JES sources whose ``region_jes_<s>Up`` / ``Down`` columns every process's events
+    hold (in the first process's order)."""
+    found = [jesmod.sources_in(ev, prefix="region_") for ev in events.values()]
+    if not found:
+        return []
+    return [s for s in found[0] if all(s in f for f in found[1:])]
+
+
+def region_jes_sources(rh: RegionHists) -> list[str]:
+    """The JES sources of a region's histograms (``jes_<s>Up`` / ``Down`` variations of its
+    first process), in order."""
+    first = next(iter(rh.mc.values()), {})
+    return jesmod.sources_in(first)
 
 
 # ---------------------------------------------------------------------------- merging

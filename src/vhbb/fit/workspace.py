@@ -6,7 +6,7 @@ is unrolled as documented in :mod:`vhbb.fit.templates`); every process with a no
 channel is a sample carrying
 
 * ``normfactor`` modifiers for ``mu`` and the free scale factors;
-* ``histosys`` for shape variations such as ``jes``;
+* ``histosys`` for shape variations such as the JES sources ``jes_<source>``;
 * ``normsys`` for the lnN normalisation uncertainties;
 * ``staterror`` (``staterror_<channel>``, absolute per-sample uncertainties ``sqrt(sum w^2)``)
   when the model has Barlow-Beeston-lite MC-statistics terms (every sample with a yield or an

@@ -2,9 +2,11 @@
 
 ``results/scores/{model}/{sample}.parquet`` holds one row per row of
 ``results/cache/{sample}.parquet`` (same order): the event key, ``fold`` (= hash(key) mod k, the
-export's definition) and ``score``; MC samples also get ``score_jesUp``/``score_jesDown`` (the
-model applied to the JES-varied features, for the fits' shape variation).  Evaluation and fits
-share this one scoring path.
+export's definition) and ``score``; MC samples also get ``score_jes_<s>Up`` / ``Down`` per JES
+source ``s`` of the cache (the model applied to the JES-varied features, for the fits' shape
+variations; the sources from the cache's metadata, :func:`vhbb.data.events.jes_sources`): one
+forward pass of every event per variation, ``1 + 2 x (number of sources)`` in all.  Evaluation
+and fits share this one scoring path.
 
 Blinding: with ``blinding.enabled`` the data events of the signal region get no score (NaN; the
 rows stay, aligned with the cache), so no file downstream holds anything computed from them.
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vhbb.data import jes as jesmod
 from vhbb.data import keys
 from vhbb.data.cache import VARIED_COLUMNS
 
@@ -44,8 +47,10 @@ def score_frame(
     models: Sequence[Any],
     feature_names: Sequence[str],
     is_mc: bool,
+    jes_sources: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Scores of one sample's cached events with their out-of-fold models (``models[k]``)."""
+    """Scores of one sample's cached events with their out-of-fold models (``models[k]``); MC
+    also under every JES variation of ``jes_sources`` (default: found in the frame's columns)."""
     from vhbb.ml.train import predict
 
     k = len(models)
@@ -64,7 +69,11 @@ def score_frame(
             "fold": fold,
         }
     )
-    variations: list[str | None] = [None, "jesUp", "jesDown"] if is_mc else [None]
+    if jes_sources is None:
+        jes_sources = jesmod.sources_in(frame.columns, prefix="region_")
+    variations: list[str | None] = [None]
+    if is_mc:
+        variations += list(jesmod.jes_variations(jes_sources))
     for var in variations:
         x = feature_matrix(frame, feature_names, var)
         score = np.full(len(frame), np.nan)
@@ -88,6 +97,7 @@ def run_scores(
     ``blinding``: ``{"enabled", "signal_region"}``; when enabled, the data events of the signal
     region are not scored (NaN)."""
     from vhbb.data.cache import write_parquet
+    from vhbb.data.events import jes_sources
     from vhbb.ml.train import load_model
 
     models = [load_model(p) for p in model_paths]
@@ -95,8 +105,9 @@ def run_scores(
     summary = {}
     for sample, path in cache_paths.items():
         frame = pd.read_parquet(path)
-        scored = score_frame(frame, sample, models, feature_names, is_mc[sample])
-        meta: dict[str, Any] = {"sample": sample, "n_folds": len(models)}
+        sources = jes_sources(path) if is_mc[sample] else []
+        scored = score_frame(frame, sample, models, feature_names, is_mc[sample], sources)
+        meta: dict[str, Any] = {"sample": sample, "n_folds": len(models), "jes_sources": sources}
         if blinding and blinding.get("enabled") and not is_mc[sample]:
             blind = (frame["region"].astype(str) == str(blinding["signal_region"])).to_numpy()
             scored.loc[blind, "score"] = np.nan

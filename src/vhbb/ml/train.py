@@ -92,8 +92,10 @@ def batch_tensors(
     """Device tensors of the events in ``mask`` (the batch keys of :mod:`vhbb.ml.methods.base`).
 
     ``scales``: ``m`` and ``pt`` -> (mean, std) of m_jj and pT_jj.  ``with_variations`` (and
-    JES-varied inputs in ``data``): ``x_var`` takes each event's up or down variation (seeded
-    coin, ``seed + 17``) and ``pw`` its positive weight normalised to mean 1.
+    JES-varied inputs in ``data``: every ``x_jes...`` key, :func:`jes_input_keys`): ``x_var``
+    takes one JES variation per event, every source and side equally likely (seeded draw,
+    ``seed + 17``; with one source: up or down), and ``pw`` its positive weight normalised to
+    mean 1.
     """
     import torch
 
@@ -111,13 +113,25 @@ def batch_tensors(
         "m": tensor((data["m_jj"][mask] - m_mean) / m_std),
         "pt": tensor((data["pt_jj"][mask] - pt_mean) / pt_std),
     }
-    if with_variations and "x_jesUp" in data:
+    varied = jes_input_keys(data)
+    if with_variations and varied:
         rng = np.random.default_rng(seed + 17)
-        up = rng.random(mask.sum()) < 0.5
-        out["x_var"] = tensor(np.where(up[:, None], data["x_jesUp"][mask], data["x_jesDown"][mask]))
+        rows = np.flatnonzero(mask)
+        pick = np.minimum((rng.random(len(rows)) * len(varied)).astype(np.int64), len(varied) - 1)
+        x_var = np.empty((len(rows), *np.shape(data[varied[0]])[1:]), dtype=data[varied[0]].dtype)
+        for i, key in enumerate(varied):
+            sel = pick == i
+            x_var[sel] = data[key][rows[sel]]
+        out["x_var"] = tensor(x_var)
         pos = np.abs(data["decorr_weight_all"][mask]) if "decorr_weight_all" in data else np.abs(lw)
         out["pw"] = tensor(pos / pos.mean())
     return out
+
+
+def jes_input_keys(data: Mapping[str, Any]) -> list[str]:
+    """The JES-varied inputs of training data: ``x_<variation>`` for every JES variation
+    (``x_jes_<source>Up`` / ``Down``, :func:`load_training_data`), in order."""
+    return [k for k in data if k.startswith("x_jes")]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -191,8 +205,9 @@ def build_and_train(
     ``data``: arrays over the training region's MC: ``x`` (N, F) raw export features, ``label``,
     ``loss_weight`` (already per strategy, not yet class-balanced), ``decorr_weight`` (positive,
     zero outside the non-resonant background), ``m_jj``, ``pt_jj``, ``fold``, ``validation``,
-    optionally ``x_jesUp``/``x_jesDown``.  ``domain`` (domain adaptation): ``x``, ``is_data``,
-    ``weight``.  Returns the classifier (on CPU, eval mode) and the history dict.
+    optionally the JES-varied inputs ``x_jes_<source>Up`` / ``Down``.  ``domain`` (domain
+    adaptation): ``x``, ``is_data``, ``weight``.  Returns the classifier (on CPU, eval mode)
+    and the history dict.
 
     Random numbers: the torch RNG is seeded, the classifier initialised, then the method's
     networks (in the order its build function creates them); the engine reseeds before training.
@@ -389,7 +404,8 @@ def load_training_data(
     weights_path: str | Path | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays of the training region's MC for :func:`build_and_train`."""
-    from vhbb.data.export import read_h5
+    from vhbb.data import jes as jesmod
+    from vhbb.data.export import export_jes_sources, read_h5
 
     arrays, attrs = read_h5(export_path)
     mc = arrays["domain"] == 0
@@ -416,8 +432,10 @@ def load_training_data(
         )
     data = {
         "x": arrays["features/nominal"][mc],
-        "x_jesUp": arrays["features/jesUp"][mc],
-        "x_jesDown": arrays["features/jesDown"][mc],
+        **{
+            f"x_{v}": arrays[f"features/{v}"][mc]
+            for v in jesmod.jes_variations(export_jes_sources(arrays, attrs))
+        },
         "label": label,
         "loss_weight": training_weights(spec["weight_strategy"], weight, transformed),
         "decorr_weight": np.where(nonres, positive, 0.0),

@@ -50,7 +50,8 @@ Validation (:func:`paired_test`): for each bin of a variable, ``D = sum(w - w')`
 variance if ``w' = E[w|x]``, ``V = sum (w^2 - w'^2)``; the rescaling makes ``sum D = 0``, so
 ``chi2 = D^T Cov(D)^+ D`` with the constrained covariance and ``ndf = (bins used) - 1``.  It is
 run for every conditioning variable, every training feature, ``m_jj``, ``pt_jj`` and variables
-outside ``x`` (``validation.extra_variables``, default the JES-varied ``m_jj``), over all MC and per
+outside ``x`` (``validation.extra_variables``, default ``m_jj_jes_*``: the JES-varied ``m_jj`` of
+every source of the export; a name with ``*`` / ``?`` matches export columns), over all MC and per
 transformed process; a process gets fewer bins when it has fewer than 25 negative weights per
 bin (:func:`process_bins`).  The null variance, not the empirical ``sum (w - w')^2``: the two
 agree on average, but in a bin that holds no negative weight by chance the empirical one is
@@ -93,7 +94,6 @@ STRATEGIES = ("raw", "abs", "drop_negative", "transformed")
 SALT_CALIBRATION = 0xCA11B
 #: gbdt: fewer training events of the rarer weight sign than this give the constant estimate
 MIN_MINORITY = 20
-VARIATIONS = ("jesUp", "jesDown")
 
 # defaults of the settings (the schema's defaults; used when a caller passes a partial dict)
 DEFAULTS: dict[str, Any] = {
@@ -120,7 +120,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "validation": {
         "bins": 20,
-        "extra_variables": ["m_jj_jesUp", "m_jj_jesDown"],
+        "extra_variables": ["m_jj_jes_*"],
         "min_p_value": 1e-4,
         "on_failure": "fail",
     },
@@ -866,17 +866,20 @@ def transform_pooled(
 
 # ------------------------------------------------------------------ export columns
 def column(arrays: Mapping[str, np.ndarray], feature_names: Sequence[str], name: str) -> np.ndarray:
-    """A per-event variable of an export by name: a 1-D dataset (``m_jj``, ``m_jj_jesUp``), a
-    training feature, or a feature's JES variation ``{feature}_jesUp`` / ``_jesDown``."""
+    """A per-event variable of an export by name: a 1-D dataset (``m_jj``,
+    ``m_jj_jes_absoluteUp``), a training feature, or a feature's JES variation
+    ``{feature}_jes_<source>Up`` / ``Down`` (a ``features/jes_<source>Up`` dataset)."""
+    from vhbb.data import jes as jesmod
+
     features = list(feature_names)
     if name in arrays and np.ndim(arrays[name]) == 1:
         return np.asarray(arrays[name])
     if name in features:
         return np.asarray(arrays["features/nominal"][:, features.index(name)])
-    for var in VARIATIONS:
-        suffix = f"_{var}"
-        if name.endswith(suffix) and name[: -len(suffix)] in features:
-            return np.asarray(arrays[f"features/{var}"][:, features.index(name[: -len(suffix)])])
+    for feature in features:
+        var = name[len(feature) + 1 :] if name.startswith(f"{feature}_") else ""
+        if jesmod.source_of(var) is not None and f"features/{var}" in arrays:
+            return np.asarray(arrays[f"features/{var}"][:, features.index(feature)])
     known = sorted({*features, "m_jj", "pt_jj"})
     close = difflib.get_close_matches(name, known, n=2)
     raise ConfigError(
@@ -894,10 +897,49 @@ def conditioning_variables(
     return list(dict.fromkeys(names))
 
 
-def validation_variables(settings: Mapping[str, Any], features: Sequence[str]) -> list[str]:
+def validation_variables(
+    settings: Mapping[str, Any],
+    features: Sequence[str],
+    arrays: Mapping[str, np.ndarray] | None = None,
+    attrs: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """The conditioning variables, the training features, ``m_jj``, ``pt_jj`` and
+    ``validation.extra_variables``; with the export (``arrays``, ``attrs``) an extra name with
+    ``*`` / ``?`` is replaced by the export variables it matches (:func:`expand_variables`)."""
     cond = conditioning_variables(settings.get("conditioning"), features)
     extra = list(settings["validation"]["extra_variables"])
+    if arrays is not None:
+        extra = expand_variables(extra, arrays, attrs or {}, features)
     return list(dict.fromkeys([*cond, *features, "m_jj", "pt_jj", *extra]))
+
+
+def expand_variables(
+    names: Sequence[str],
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping[str, Any],
+    features: Sequence[str],
+) -> list[str]:
+    """``names`` with every pattern (``*`` / ``?``, e.g. ``m_jj_jes_*``) replaced by the
+    JES-varied export variables it matches (``m_jj``, ``pt_jj`` and each feature under each JES
+    variation of the export, in source order); a pattern that matches none is dropped (logged)."""
+    import fnmatch
+
+    from vhbb.data import jes as jesmod
+    from vhbb.data.export import export_jes_sources
+
+    varied = jesmod.jes_variations(export_jes_sources(arrays, attrs))
+    bases = list(dict.fromkeys(["m_jj", "pt_jj", *features]))
+    candidates = [f"{b}_{v}" for b in bases for v in varied]
+    out: list[str] = []
+    for name in names:
+        if not any(c in name for c in "*?["):
+            out.append(name)
+            continue
+        hits = [c for c in candidates if fnmatch.fnmatchcase(c, name)]
+        if not hits:
+            log.info("weights.validation.extra_variables: '%s' matches no export variable", name)
+        out.extend(hits)
+    return out
 
 
 # ------------------------------------------------------------------ one region
@@ -987,7 +1029,7 @@ def _validate_region(
     proc = np.asarray(arrays["process"])[mc]
     tests: dict[str, dict[str, Any]] = {}
     bins = int(settings["validation"]["bins"])
-    for var in validation_variables(settings, features):
+    for var in validation_variables(settings, features, arrays, attrs):
         values = column(arrays, features, var).astype(np.float64)[mc]
         edges = bin_edges(values, bins)
         res = paired_test(values, w, out, edges)

@@ -116,16 +116,20 @@ def vz_peak(data: Mapping[str, Any], path: str | Path, model: str) -> None:
 
 
 def variation_ratio(data: Mapping[str, Any], path: str | Path, model: str, kind: str) -> None:
-    """Nominal vs JES-varied MC scores (``kind='jes'``) or data vs MC per control region."""
+    """Nominal vs JES-varied MC scores (``kind='jes'``: one panel per JES source, its
+    ``score_jes_<source>Up`` / ``Down`` histograms) or data vs MC per control region."""
     plt = pyplot()
     edges = np.asarray(data["score_edges"])
     if kind == "jes":
         var = data["variations"]
+        ups = [k[: -len("Up")] for k in var if k.startswith("score_jes_") and k.endswith("Up")]
+        sources = [k[len("score_jes_") :] for k in ups if f"{k}Down" in var]
         panels = {
-            "signal region MC": (
+            f"signal region MC: jes_{s}": (
                 var["score"]["sumw"],
-                {"jesUp": var["score_jesUp"]["sumw"], "jesDown": var["score_jesDown"]["sumw"]},
+                {f"jes_{s}{side}": var[f"score_jes_{s}{side}"]["sumw"] for side in ("Up", "Down")},
             )
+            for s in sources
         }
     else:
         panels = {

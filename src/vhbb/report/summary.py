@@ -110,7 +110,9 @@ def fit_checks(model: str, mode: str, result: Mapping[str, Any]) -> list[Check]:
                 3.0,
                 "<",
                 message=f"mu_true = {pull['mu_true']}, pull {pull['pull']:+.2f}; mismodelling "
-                + ("on" if mism.get("enabled") else "off"),
+                + ("on" if mism.get("enabled") else "off")
+                + "; MC corrected by "
+                + (", ".join(pull.get("corrections") or []) or "nothing"),
             )
         )
     return out
