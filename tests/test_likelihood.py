@@ -150,24 +150,61 @@ def test_both_fits_share_the_minuit_wrapper():
     assert set(cr.status.as_dict()) == set(best.status.as_dict())
 
 
+class _InvalidLowerMinos:
+    """A real Minuit whose MINOS reports the lower side of ``b`` invalid (as MINOS does when
+    its crossing search fails); everything else is delegated."""
+
+    def __init__(self, m) -> None:
+        from types import SimpleNamespace
+
+        object.__setattr__(self, "_m", m)
+        bad = SimpleNamespace(
+            lower=-0.1, upper=0.5, is_valid=False, lower_valid=False, upper_valid=True,
+            lower_new_min=False, upper_new_min=False, at_lower_limit=True, at_upper_limit=False,
+        )  # fmt: skip
+        object.__setattr__(self, "_bad", bad)
+
+    def minos(self, *names):
+        self._m.minos(*[n for n in names if n != "b"])
+
+    @property
+    def merrors(self):
+        return {**{k: v for k, v in self._m.merrors.items()}, "b": self._bad}
+
+    def __getattr__(self, key):
+        return getattr(self._m, key)
+
+    def __setattr__(self, key, value):
+        setattr(self._m, key, value)
+
+
 def test_failed_minos_is_recorded_or_raised():
-    """An invalid MINOS interval: require_valid=False records it, the default raises naming it."""
-    from types import SimpleNamespace
+    """An invalid MINOS side with no profile crossing either (b is cut by its limit):
+    require_valid=False records it, the default raises naming it; a valid one passes."""
+    from iminuit import Minuit
 
     from vhbb.stats import minuit as mn
 
-    def error(valid: bool) -> SimpleNamespace:
-        return SimpleNamespace(
-            lower=-0.1, upper=0.2, is_valid=valid, lower_valid=valid, upper_valid=True,
-            at_lower_limit=not valid, at_upper_limit=False,
-        )  # fmt: skip
+    def nll(a: float, b: float) -> float:
+        return 0.5 * ((a - 1.0) / 0.5) ** 2 + 0.5 * ((b - 1.0) / 0.5) ** 2
 
-    m = SimpleNamespace(minos=lambda *names: None, merrors={"a": error(True), "b": error(False)})
+    real = Minuit(nll, a=1.0, b=1.0)
+    real.errordef = 0.5
+    real.limits["b"] = (0.9, None)
+    real.migrad()
+    m = _InvalidLowerMinos(real)
     intervals, valid = mn.minos(m, ["a", "b"], "test", require_valid=False)
-    assert intervals == {"a": (-0.1, 0.2), "b": (-0.1, 0.2)} and valid is False
+    assert intervals["a"] == pytest.approx((-0.5, 0.5), abs=1e-4) and valid is False
+    assert intervals["b"] == (-0.1, 0.5)
     with pytest.raises(mn.FitError, match=r"test: MINOS failed for b \(lower_valid=False"):
         mn.minos(m, ["a", "b"], "test")
-    assert mn.minos(m, ["a"], "test") == ({"a": (-0.1, 0.2)}, True)
+    fallbacks: list[str] = []
+    assert mn.minos(m, ["a"], "test", fallbacks=fallbacks)[1] is True and fallbacks == []
+    # without the limit the profile crossing replaces the failed side, and says so
+    real.limits["b"] = (None, None)
+    intervals, valid = mn.minos(m, ["b"], "test", fallbacks=fallbacks)
+    assert valid and fallbacks == ["b lower"]
+    assert intervals["b"][0] == pytest.approx(-0.5, abs=1e-4)
 
 
 def test_closed_form_follows_the_significance_edge_rule():
@@ -291,3 +328,49 @@ def test_analytic_hessian_in_migrad_gives_the_classic_minimum():
         m.migrad()
         assert fast.nll == pytest.approx(m.fval, abs=1e-4)
         np.testing.assert_allclose(fast.values, np.array(m.values), atol=0.02 * fast.errors.max())
+
+
+def _double_well(mu: float, a: float) -> float:
+    """mu pulled by a, which has two wells (a ~ +-1, the one at a < 0 lower by ~0.4)."""
+    return 0.5 * ((mu - 1.0 - 0.6 * a) / 0.3) ** 2 + 0.5 * (a * a - 1.0) ** 2 + 0.3 * a
+
+
+def test_minos_profiling_finds_the_lower_minimum_and_migrad_restarts_there():
+    """MIGRAD started in the upper well stops in the local minimum; profiling mu for MINOS
+    finds the global one (:class:`NewMinimum`), and from there MINOS is valid."""
+    from iminuit import Minuit
+
+    from vhbb.stats import minuit as mn
+
+    m = Minuit(_double_well, mu=1.6, a=1.0)
+    m.errordef = 0.5
+    m.migrad()
+    local = float(m.fval)
+    assert m.values["a"] > 0.5  # the local minimum
+    with pytest.raises(mn.NewMinimum) as new:
+        mn.minos(m, ["mu"], "double well")
+    assert new.value.improvement > 0.1
+    m.values = new.value.values
+    m.migrad()
+    assert m.fval < local - 0.3 and m.values["a"] < -0.5
+    intervals, valid = mn.minos(m, ["mu"], "double well")
+    assert valid and intervals["mu"][0] < 0 < intervals["mu"][1]
+
+
+def test_profile_crossing_equals_minos_on_a_smooth_likelihood():
+    from iminuit import Minuit
+
+    from vhbb.stats import minuit as mn
+
+    def nll(mu: float, b: float) -> float:
+        return 0.5 * ((mu - 1) / 0.5) ** 2 + 0.5 * ((b - 0.5 * mu) / 0.4) ** 2 + 0.1 * (mu - 1) ** 3
+
+    m = Minuit(nll, mu=1.0, b=0.5)
+    m.errordef = 0.5
+    m.migrad()
+    m.minos()
+    me = m.merrors["mu"]
+    assert mn.profile_crossing(m, "mu", -1, step=0.5) == pytest.approx(me.lower, abs=1e-5)
+    assert mn.profile_crossing(m, "mu", 1, step=0.5) == pytest.approx(me.upper, abs=1e-5)
+    m.limits["mu"] = (0.8, None)  # no crossing below: a one-sided interval
+    assert mn.profile_crossing(m, "mu", -1, step=0.5) is None

@@ -82,3 +82,85 @@ def test_shape_test_of_a_pure_normalisation_change() -> None:
     assert res.norm_sigma == pytest.approx(np.sqrt(0.04) / 23.0)
     # bins without noise carry no information; a single noisy bin has no shape degree of freedom
     assert shape_test(nom, nom, np.array([0.0, 0.0, 0.0, 1.0])).ndf == 0
+
+
+def test_channel_noise_equals_the_bootstrap_variance_of_varied_minus_nominal() -> None:
+    """diff_sumw2 is the variance of varied - nominal under Poisson resampling of the events
+    (the same events fill both): checked against 4000 bootstrap replicas, and far below the
+    nominal sumw2 for a small migration."""
+    from vhbb.fit.templates import diff_sumw2
+
+    rng = np.random.default_rng(11)
+    n, n_bins = 4000, 6
+    nominal_bin = rng.integers(-1, n_bins, n)
+    moved = rng.random(n) < 0.1  # 10 % of the events migrate (some in from / out to -1)
+    varied_bin = np.where(
+        moved, np.clip(nominal_bin + rng.choice([-1, 1], n), -1, n_bins - 1), nominal_bin
+    )
+    w = rng.exponential(1.0, n) * np.where(rng.random(n) < 0.1, -1.0, 1.0)
+    wv = w * (1.0 + 0.05 * rng.normal(size=n))
+    expected = diff_sumw2(nominal_bin, varied_bin, w, wv, n_bins)
+
+    def fill(bins: np.ndarray, weights: np.ndarray, k: np.ndarray) -> np.ndarray:
+        ok = bins >= 0
+        return np.bincount(bins[ok], weights=(weights * k)[ok], minlength=n_bins)
+
+    reps = []
+    for _ in range(4000):
+        k = rng.poisson(1.0, n)
+        reps.append(fill(varied_bin, wv, k) - fill(nominal_bin, w, k))
+    np.testing.assert_allclose(np.var(reps, axis=0), expected, rtol=0.1)
+    nominal_sumw2 = fill(nominal_bin, w**2, np.ones(n))
+    assert np.all(expected < 0.5 * nominal_sumw2)
+
+
+def _yields(rng: np.random.Generator, shape: float, norm: float, n: int = 10):
+    nom = rng.uniform(50.0, 100.0, n)
+    noise = np.full(n, 1.0)  # sigma 1 per bin on varied - nominal
+    up = nom * (1.0 + norm) + shape * np.linspace(-1.0, 1.0, n) * 10.0 + rng.normal(0, 1, n)
+    down = nom * (1.0 - norm) - shape * np.linspace(-1.0, 1.0, n) * 10.0 + rng.normal(0, 1, n)
+    return {
+        "nominal": nom,
+        "sumw2": nom.copy(),
+        "sysUp": up,
+        "sysDown": down,
+        "noise_sysUp": noise,
+        "noise_sysDown": noise.copy(),
+    }
+
+
+def test_treat_shapes_keeps_prunes_to_normalisation_or_drops() -> None:
+    from vhbb.fit.signal_fit import treat_shapes
+
+    rng = np.random.default_rng(5)
+    yields = {
+        "shape": _yields(rng, shape=0.5, norm=0.0),  # 5 sigma per edge bin: a real shape
+        "norm": _yields(rng, shape=0.0, norm=0.05),  # 5 % of ~750: far above sigma_k ~ 0.004
+        "none": _yields(rng, shape=0.0, norm=0.0),  # noise only
+    }
+    before = {p: {k: v.copy() for k, v in y.items()} for p, y in yields.items()}
+    left, report = treat_shapes(
+        yields,
+        ["sys"],
+        pruning={"enabled": True, "p_value": 0.05, "norm_sigma": 3.0},
+        smoothing=None,
+    )
+    assert left == ["sys"]
+    assert {p: r["action"] for p, r in report["sys"].items()} == {
+        "shape": "kept",
+        "norm": "normalisation only",
+        "none": "pruned",
+    }
+    np.testing.assert_array_equal(yields["shape"]["sysUp"], before["shape"]["sysUp"])
+    k = report["sys"]["norm"]["up"]["norm_change"]
+    assert k == pytest.approx(before["norm"]["sysUp"].sum() / before["norm"]["nominal"].sum() - 1)
+    np.testing.assert_allclose(yields["norm"]["sysUp"], (1 + k) * before["norm"]["nominal"])
+    np.testing.assert_array_equal(yields["none"]["sysDown"], before["none"]["nominal"])
+    # a nuisance pruned for every process is removed; pruning off keeps everything as it is
+    only_noise = {"none": _yields(rng, shape=0.0, norm=0.0)}
+    assert treat_shapes(only_noise, ["sys"], pruning={"enabled": True}, smoothing=None)[0] == []
+    again = {"none": _yields(rng, shape=0.0, norm=0.0)}
+    copy = again["none"]["sysUp"].copy()
+    left, report = treat_shapes(again, ["sys"], pruning={"enabled": False}, smoothing=None)
+    assert left == ["sys"] and report["sys"]["none"]["action"] == "kept"
+    np.testing.assert_array_equal(again["none"]["sysUp"], copy)

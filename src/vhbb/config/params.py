@@ -670,7 +670,9 @@ def evaluate(config: Mapping, model: str) -> dict[str, Any]:
             "fit": {
                 "binning": fit["binning"],
                 "systematics": {
-                    k: v for k, v in fit["systematics"].items() if k not in ("jes", "weights")
+                    k: v
+                    for k, v in fit["systematics"].items()
+                    if k not in ("jes", "weights", "pruning", "smoothing")
                 },
                 "poi_bounds": fit["poi_bounds"],
             },

@@ -344,7 +344,17 @@ def run_hists(
         "score_edges_mode": settings["score"]["mode"],
         "provenance": provenance(dict(spec)),
     }
-    bn.write_hists(h5_path, root_path, regions, binning, meta)
+    noise = bn.channel_diff_sumw2(
+        mc,
+        signal_region=sr,
+        control_regions=crs,
+        mjj_edges=mjj_edges,
+        score_edges=s_edges,
+        binning=binning,
+        weight_systematics=weights,
+        jes_sources=sources,
+    )
+    bn.write_hists(h5_path, root_path, regions, binning, meta, channel_noise=noise)
     summary = {
         **meta,
         "mjj_edges": mjj_edges.tolist(),

@@ -37,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ from vhbb.core.results import ScaleFactors, read_scale_factors
 from vhbb.data import jes as jesmod
 from vhbb.fit.templates import Binning, RegionHists, read_hists, region_jes_sources
 from vhbb.stats import likelihood as lk
+from vhbb.stats.shapes import shape_test, smooth_variation
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class FitInput:
     observations: Mapping[str, str]  # channel -> what its observations are
     scale_factors: Mapping[str, float]
     sf_covariance: np.ndarray | None
+    shape_treatment: Mapping[str, Any] = field(default_factory=dict)  # pruning / smoothing report
 
 
 def lnn_factors(value: float | Sequence[float]) -> tuple[float, float]:
@@ -151,14 +153,24 @@ def _templates(
     control_regions: Sequence[str],
     fixed_sf: bool,
     shapes: Sequence[str] = (),
+    smoothing: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per process the yields over the channel bins (merged signal-region bins, then one bin per
     control region, MC times the fit fraction there): ``nominal``, ``sumw2`` and, per shape
-    systematic ``s`` of ``shapes``, ``<s>Up`` and ``<s>Down``.  In the ``fixed`` mode the
-    scale-factor processes are scaled by their control-region values."""
+    systematic ``s`` of ``shapes``, ``<s>Up`` and ``<s>Down``; with the histograms' channel
+    noise (``meta["channel_diff_sumw2"]``) also ``noise_<s>Up/Down`` (the variance of varied -
+    nominal), and with ``smoothing`` enabled ``smoothed_<s>Up/Down`` (signal-region variations
+    smoothed on the fine templates, :func:`vhbb.stats.shapes.smooth_variation`).  In the
+    ``fixed`` mode the scale-factor processes are scaled by their control-region values."""
     sr = meta["signal_region"]
     fraction = float(meta["cr_data_fit_fraction"])
     varied = [f"{s}{side}" for s in shapes for side in ("Up", "Down")]
+    noise_all = meta.get("channel_diff_sumw2") or {}
+    all_crs = list(meta["control_regions"])
+    noise_rows = list(range(binning.n_bins)) + [
+        binning.n_bins + all_crs.index(c) for c in control_regions
+    ]
+    smooth = smoothing if smoothing and smoothing.get("enabled") else None
     out: dict[str, dict[str, np.ndarray]] = {}
     for p in meta["mc_processes"]:
         scale = scale_factors[p] if (fixed_sf and p in scale_factors) else 1.0
@@ -168,6 +180,13 @@ def _templates(
             "sumw2": [scale**2 * binning.apply(sr_mc["nominal"][1])],
             **{v: [scale * binning.apply(sr_mc[v][0])] for v in varied},
         }
+        if smooth is not None:
+            axis = 0 if smooth.get("axis", "m_jj") == "m_jj" else 1
+            for v in varied:
+                fine = smooth_variation(
+                    sr_mc["nominal"][0], sr_mc[v][0], axis=axis, times=int(smooth.get("times", 1))
+                )
+                parts[f"smoothed_{v}"] = [scale * binning.apply(fine)]
         for cr in control_regions:
             cr_mc = regions[cr].mc[p]
             f = fraction * scale
@@ -175,8 +194,76 @@ def _templates(
             parts["sumw2"].append(np.array([f * f * cr_mc["nominal"][1].sum()]))
             for v in varied:
                 parts[v].append(np.array([f * cr_mc[v][0].sum()]))
+                if smooth is not None:
+                    parts[f"smoothed_{v}"].append(parts[v][-1])
         out[p] = {k: np.concatenate(v) for k, v in parts.items()}
+        if p in noise_all:
+            factor = np.array(
+                [scale**2] * binning.n_bins + [(fraction * scale) ** 2] * len(control_regions)
+            )
+            for v in varied:
+                if v in noise_all[p]:
+                    out[p][f"noise_{v}"] = factor * np.asarray(noise_all[p][v])[noise_rows]
     return out
+
+
+def treat_shapes(
+    yields: dict[str, dict[str, np.ndarray]],
+    shapes: Sequence[str],
+    *,
+    pruning: Mapping[str, Any] | None,
+    smoothing: Mapping[str, Any] | None,
+) -> tuple[list[str], dict[str, Any]]:
+    """Prune (and smooth) the shape variations in ``yields`` in place, per nuisance and process.
+
+    Pruning (:func:`vhbb.stats.shapes.shape_test` against the channel noise ``noise_<v>``):
+    the shape is kept when either side's p-value is at most ``pruning.p_value``; otherwise the
+    variation becomes its normalisation change ``(1 + k) * nominal`` when either side's ``|k|``
+    exceeds ``norm_sigma`` standard deviations of its noise, and the nominal (no effect)
+    otherwise.  Kept shapes take their smoothed templates when smoothing is enabled.  Returns
+    the nuisances left (those pruned for every process are removed) and the report."""
+    sides = ("Up", "Down")
+    prune = bool(pruning and pruning.get("enabled"))
+    smoothed = bool(smoothing and smoothing.get("enabled"))
+    p_max = float((pruning or {}).get("p_value", 0.05))
+    k_sigma = float((pruning or {}).get("norm_sigma", 1.0))
+    report: dict[str, Any] = {}
+    left: list[str] = []
+    for s in shapes:
+        per_proc: dict[str, Any] = {}
+        for p, y in yields.items():
+            nom = y["nominal"]
+            have_noise = all(f"noise_{s}{side}" in y for side in sides)
+            tests = (
+                {side: shape_test(nom, y[f"{s}{side}"], y[f"noise_{s}{side}"]) for side in sides}
+                if prune and have_noise
+                else {}
+            )
+            if not tests or any(t.p_value <= p_max for t in tests.values()):
+                action = "kept"
+            elif any(abs(t.norm_change) > k_sigma * t.norm_sigma for t in tests.values()):
+                action = "normalisation only"
+            else:
+                action = "pruned"
+            for side in sides:
+                v = f"{s}{side}"
+                if action == "kept" and smoothed:
+                    y[v] = y[f"smoothed_{v}"]
+                elif action == "normalisation only":
+                    y[v] = (1.0 + tests[side].norm_change) * nom
+                elif action == "pruned":
+                    y[v] = nom.copy()
+            per_proc[p] = {
+                "action": action,
+                "smoothed": action == "kept" and smoothed,
+                **{side.lower(): t.as_dict() for side, t in tests.items()},
+            }
+        report[s] = per_proc
+        if any(r["action"] != "pruned" for r in per_proc.values()):
+            left.append(s)
+    if prune and shapes and not any(f"noise_{s}Up" in y for y in yields.values() for s in shapes):
+        log.warning("no channel noise in the histograms (older hists.h5): shapes not pruned")
+    return left, report
 
 
 def _norm_factors(
@@ -284,6 +371,10 @@ def build_model(
         control_regions=crs,
         fixed_sf=mode == "fixed",
         shapes=shapes,
+        smoothing=syst.get("smoothing"),
+    )
+    shapes, treatment = treat_shapes(
+        yields, shapes, pruning=syst.get("pruning"), smoothing=syst.get("smoothing")
     )
     norm, gauss, stat_scale = _norm_factors(
         signal, sf_procs, scale_factors, sf_covariance, mode=mode, poi_bounds=spec["poi_bounds"]
@@ -313,7 +404,7 @@ def build_model(
     sig_rows = [model.processes.index(p) for p in signal]
     if np.sum(model.nominal[sig_rows, sr_ch.start : sr_ch.stop]) <= 0:
         raise lk.FitError(f"no signal yield in {sr}: the signal strength cannot be fitted")
-    return FitInput(model, observed, observations, dict(scale_factors), sf_covariance)
+    return FitInput(model, observed, observations, dict(scale_factors), sf_covariance, treatment)
 
 
 # ---------------------------------------------------------------------------- the fit
@@ -480,6 +571,7 @@ def run_signal_fit(
         **{k: result[k] for k in ("nuisances", "correlation_with_mu", "status", "scan", "nll")},
         "limits": limits,
         "truth_pull": truth_pull(result, spec, corrections=meta.get("reweighting") or []),
+        "shape_treatment": inp.shape_treatment,
         "warnings": list(meta.get("warnings", [])),  # upstream (warn mode), from hists.h5
         "method": {
             "likelihood": "binned Poisson in m_jj x score (unrolled, merged), HistFactory "

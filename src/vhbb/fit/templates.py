@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 NOMINAL = "nominal"
 WEIGHT_SIDES = ("Up", "Down")
+NOISE_GROUP = "channel_diff_sumw2"
 
 
 def variations(
@@ -230,6 +231,88 @@ def region_jes_sources(rh: RegionHists) -> list[str]:
     return jesmod.sources_in(first)
 
 
+def channel_index(
+    region: np.ndarray,
+    m_jj: np.ndarray,
+    score: np.ndarray,
+    *,
+    signal_region: str,
+    control_regions: Sequence[str],
+    mjj_edges: np.ndarray,
+    score_edges: np.ndarray,
+    binning: Binning,
+) -> np.ndarray:
+    """Per event its bin among the fit's channel bins: the merged signal-region bins
+    (``binning``), then one bin per control region in order; -1 outside them all."""
+    region = np.asarray(region).astype(str)
+    out = np.full(len(region), -1, dtype=np.int64)
+    in_sr = region == signal_region
+    nx, ny = len(mjj_edges) - 1, len(score_edges) - 1
+    ix = np.clip(np.searchsorted(mjj_edges, np.asarray(m_jj)[in_sr], side="right") - 1, 0, nx - 1)
+    iy = np.clip(
+        np.searchsorted(score_edges, np.asarray(score)[in_sr], side="right") - 1, 0, ny - 1
+    )
+    out[in_sr] = binning.bin_map[ix, iy]
+    for k, cr in enumerate(control_regions):
+        out[region == cr] = binning.n_bins + k
+    return out
+
+
+def diff_sumw2(
+    nominal_bin: np.ndarray,
+    varied_bin: np.ndarray,
+    weight: np.ndarray,
+    varied_weight: np.ndarray,
+    n: int,
+) -> np.ndarray:
+    """The MC-noise variance of ``varied - nominal`` per bin when both are filled from the same
+    events: ``sum_i (w'_i [b'_i = b] - w_i [b_i = b])^2`` (bins -1: outside every bin).  Events
+    that neither move nor change weight contribute nothing."""
+    w = np.asarray(weight, dtype=np.float64)
+    wv = np.asarray(varied_weight, dtype=np.float64)
+    inv, inn = varied_bin >= 0, nominal_bin >= 0
+    same = inn & (nominal_bin == varied_bin)
+    out = np.bincount(varied_bin[inv], weights=wv[inv] ** 2, minlength=n)
+    out += np.bincount(nominal_bin[inn], weights=w[inn] ** 2, minlength=n)
+    out -= 2.0 * np.bincount(nominal_bin[same], weights=(w * wv)[same], minlength=n)
+    return np.maximum(out, 0.0)
+
+
+def channel_diff_sumw2(
+    events: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    signal_region: str,
+    control_regions: Sequence[str],
+    mjj_edges: np.ndarray,
+    score_edges: np.ndarray,
+    binning: Binning,
+    weight_systematics: Sequence[str] = (),
+    jes_sources: Sequence[str] = (),
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per process and shape variation the MC-noise variance of ``varied - nominal`` on the
+    fit's channel bins (:func:`channel_index`, :func:`diff_sumw2`): what pruning compares a
+    variation's shape with (:func:`vhbb.stats.shapes.shape_test`)."""
+    n = binning.n_bins + len(control_regions)
+    where = {
+        "signal_region": signal_region,
+        "control_regions": control_regions,
+        "mjj_edges": mjj_edges,
+        "score_edges": score_edges,
+        "binning": binning,
+    }
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for proc, ev in events.items():
+        w = np.asarray(ev["weight"], dtype=np.float64)
+        nom = channel_index(ev["region"], ev["m_jj"], ev["score"], **where)
+        out[proc] = {}
+        for var in variations(weight_systematics, jes_sources)[1:]:
+            cols = variation_columns(var, weight_systematics)
+            wv = w * np.asarray(ev[cols["ratio"]], dtype=np.float64) if cols["ratio"] else w
+            vb = channel_index(ev[cols["region"]], ev[cols["m_jj"]], ev[cols["score"]], **where)
+            out[proc][var] = diff_sumw2(nom, vb, w, wv, n)
+    return out
+
+
 # ---------------------------------------------------------------------------- merging
 def _passes(b: float, b2: float, min_background: float, min_eff: float) -> bool:
     if b <= 0:
@@ -360,10 +443,12 @@ def write_hists(
     regions: Mapping[str, RegionHists],
     binning: Binning,
     attrs: Mapping[str, Any],
+    channel_noise: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> None:
     """HDF5 (``hist`` objects via uhi serialisation) and ROOT (TH2D via uproot), atomically.
 
     HDF5 layout: ``/{region}/{process}/{variation}``, ``/{region}/data``, ``/binning/bin_map``;
+    ``/channel_diff_sumw2/{process}/{variation}`` (:func:`channel_diff_sumw2`, when given);
     attribute ``meta`` (JSON).  ROOT: ``{region}/{process}_{variation}`` and
     ``{region}/data_obs``; the merged signal-region bins as ``{region}/unrolled/...``.
     """
@@ -393,6 +478,9 @@ def write_hists(
             bgrp.create_dataset("bin_map", data=binning.bin_map)
             bgrp.attrs["n_bins"] = binning.n_bins
             bgrp.attrs["summary"] = json.dumps(binning.summary)
+            for proc, per_var in (channel_noise or {}).items():
+                for var, arr in per_var.items():
+                    fout.create_dataset(f"{NOISE_GROUP}/{proc}/{var}", data=arr)
             fout.attrs["meta"] = json.dumps(attrs, default=str)
     with atomic_path(root_path) as tmp:
         with uproot.recreate(tmp) as fout:
@@ -409,7 +497,8 @@ def write_hists(
 
 
 def read_hists(path: str | Path) -> tuple[dict[str, RegionHists], Binning, dict[str, Any]]:
-    """Read :func:`write_hists`' HDF5 back (regions, merged binning, metadata)."""
+    """Read :func:`write_hists`' HDF5 back (regions, merged binning, metadata; the channel
+    noise of the variations, when stored, as ``meta["channel_diff_sumw2"]``)."""
     import h5py
     import hist
     import uhi.io.hdf5 as uhi_hdf5
@@ -427,8 +516,13 @@ def read_hists(path: str | Path) -> tuple[dict[str, RegionHists], Binning, dict[
             int(fin["binning"].attrs["n_bins"]),
             json.loads(fin["binning"].attrs["summary"]),
         )
+        if NOISE_GROUP in fin:
+            meta["channel_diff_sumw2"] = {
+                p: {v: fin[NOISE_GROUP][p][v][()] for v in fin[NOISE_GROUP][p]}
+                for p in fin[NOISE_GROUP]
+            }
         for region in fin:
-            if region == "binning":
+            if region in ("binning", NOISE_GROUP):
                 continue
             grp = fin[region]
             mc: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}

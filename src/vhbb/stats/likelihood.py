@@ -763,6 +763,7 @@ def _step(model: Model, i: int) -> float:
 
 
 ANALYTIC = "analytic Hessian"
+MAX_RESTARTS = 3  # MIGRAD restarts from lower minima found by the MINOS profiling
 
 
 def _near_limit(
@@ -838,6 +839,35 @@ class _Fitter:
             m, _ = _minuit(lik, model, self.tolerance, self.strategy)
             mn.migrad(m, label, require_valid=require_valid)
             values[free] = m.values
+        minos_out: dict[str, tuple[float, float]] = {}
+        minos_valid: bool | None = None
+        fallbacks: list[str] = []
+        restarts = 0
+        while minos:
+            m.hesse()  # Minuit's own error matrix: MINOS's starting point only
+            try:
+                minos_out, minos_valid = mn.minos(
+                    m, minos, label, require_valid=require_valid, fallbacks=fallbacks
+                )
+                break
+            except mn.NewMinimum as new:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise FitError(
+                        f"{label}: MINOS keeps finding lower minima ({restarts - 1} MIGRAD "
+                        "restarts); the likelihood is multimodal beyond what the fit handles"
+                    ) from new
+                log.warning(
+                    "%s: profiling for MINOS found a minimum %.4g lower than MIGRAD's: MIGRAD "
+                    "restarted from it (%d)",
+                    label,
+                    new.improvement,
+                    restarts,
+                )
+                m.values = new.values
+                mn.migrad(m, label, require_valid=require_valid)
+                values[free] = m.values
+                fallbacks.clear()
         cov = np.zeros((model.n_params, model.n_params))
         limited: list[str] = []
         if hesse:
@@ -854,11 +884,6 @@ class _Fitter:
         else:
             free_cov = mn.covariance(m)
             posdef = bool(m.fmin.has_posdef_covar)
-        minos_out: dict[str, tuple[float, float]] = {}
-        minos_valid: bool | None = None
-        if minos:
-            m.hesse()  # Minuit's own error matrix: MINOS's starting point only
-            minos_out, minos_valid = mn.minos(m, minos, label, require_valid=require_valid)
         cov[np.ix_(free, free)] = np.nan if free_cov is None else free_cov
         errors = np.sqrt(np.maximum(np.diag(cov), 0.0))
         if not hesse:
@@ -873,6 +898,8 @@ class _Fitter:
             minos_valid=minos_valid,
             covariance_method=ANALYTIC if hesse else "MIGRAD approximation",
             at_limit=tuple(limited),
+            minos_fallback=tuple(fallbacks),
+            restarts=restarts,
         )
         return FitResult(
             names=model.names,

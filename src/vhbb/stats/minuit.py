@@ -45,6 +45,10 @@ class FitStatus:
     minos_valid: bool | None = None
     covariance_method: str = "Minuit HESSE"
     at_limit: tuple[str, ...] = ()
+    # MINOS sides replaced by the profile-likelihood crossing (:func:`profile_crossing`)
+    minos_fallback: tuple[str, ...] = ()
+    # MIGRAD restarts from a lower minimum found while profiling for MINOS (:class:`NewMinimum`)
+    restarts: int = 0
 
     @classmethod
     def from_fmin(
@@ -71,6 +75,8 @@ class FitStatus:
             "minos_valid": self.minos_valid,
             "covariance_method": self.covariance_method,
             "at_limit": list(self.at_limit),
+            "minos_fallback": list(self.minos_fallback),
+            "restarts": self.restarts,
         }
 
 
@@ -147,26 +153,113 @@ def hesse(m: Any, label: str, *, require_valid: bool = True) -> Any:
 
 
 def minos(
-    m: Any, names: Sequence[str], label: str, *, require_valid: bool = True
+    m: Any,
+    names: Sequence[str],
+    label: str,
+    *,
+    require_valid: bool = True,
+    fallbacks: list[str] | None = None,
 ) -> tuple[dict[str, tuple[float, float]], bool]:
     """MINOS intervals ``(lower <= 0, upper >= 0)`` of ``names`` and whether all are valid.
 
-    Raises :class:`FitError` naming every failed interval (unless ``require_valid`` is false).
+    A side MINOS leaves invalid (a "new minimum" a hair below MIGRAD's, as flat likelihoods
+    give, or a failed crossing search) is replaced by the profile-likelihood crossing of
+    :func:`profile_crossing`; ``fallbacks`` (if given) receives ``"<name> lower|upper"`` for
+    each.  Raises :class:`FitError` naming every interval still failed (unless
+    ``require_valid`` is false).
     """
     m.minos(*names)
     intervals: dict[str, tuple[float, float]] = {}
     bad = []
     for name in names:
         me = m.merrors[name]
-        intervals[name] = (float(me.lower), float(me.upper))
-        if not me.is_valid:
+        lo, hi = float(me.lower), float(me.upper)
+        ok = {"lower": bool(me.lower_valid), "upper": bool(me.upper_valid)}
+        for side, sign, guess in (("lower", -1, lo), ("upper", 1, hi)):
+            if ok[side]:
+                continue
+            crossing = profile_crossing(m, name, sign, step=abs(guess) or float(m.errors[name]))
+            if crossing is not None:
+                lo, hi = (crossing, hi) if side == "lower" else (lo, crossing)
+                ok[side] = True
+                if fallbacks is not None:
+                    fallbacks.append(f"{name} {side}")
+                log.warning(
+                    "%s: MINOS %s side of %s invalid (new minimum %s); profile-likelihood "
+                    "crossing used: %.5g",
+                    label,
+                    side,
+                    name,
+                    me.lower_new_min if side == "lower" else me.upper_new_min,
+                    crossing,
+                )
+        intervals[name] = (lo, hi)
+        if not all(ok.values()):
             bad.append(
-                f"{name} (lower_valid={me.lower_valid}, upper_valid={me.upper_valid}, "
+                f"{name} (lower_valid={ok['lower']}, upper_valid={ok['upper']}, "
                 f"at_lower_limit={me.at_lower_limit}, at_upper_limit={me.at_upper_limit})"
             )
     if bad and require_valid:
         raise FitError(f"{label}: MINOS failed for {', '.join(bad)}")
     return intervals, not bad
+
+
+class NewMinimum(Exception):  # a signal to restart MIGRAD, not an error
+    """A point with a lower function value than MIGRAD's minimum, found while profiling:
+    ``values`` (all parameters) is where MIGRAD should restart."""
+
+    def __init__(self, values: np.ndarray, improvement: float) -> None:
+        super().__init__(f"lower minimum by {improvement:.4g}")
+        self.values = values
+        self.improvement = improvement
+
+
+NEW_MINIMUM_TOLERANCE = 1e-3  # a lower point counts as a new minimum below f_min - this
+
+
+def profile_crossing(m: Any, name: str, sign: int, *, step: float) -> float | None:
+    """Signed distance from the minimum of ``name`` to where the profile likelihood rises by
+    ``errordef`` on the side ``sign`` (+1 up, -1 down): Brent's root of
+    ``min_{others} f(x) - f_min - errordef``, bracketed outwards from ``step`` by doublings
+    within the parameter's limits.  None when no crossing is bracketed (a one-sided interval).
+    Raises :class:`NewMinimum` when a profiled point lies more than
+    :data:`NEW_MINIMUM_TOLERANCE` below ``f_min`` (MIGRAD stopped in a local minimum).  The
+    Minuit object is left at its minimum."""
+    from scipy.optimize import brentq
+
+    best = np.array(m.values, dtype=np.float64)
+    fmin, up = float(m.fval), float(m.errordef)
+    x0 = float(best[m.parameters.index(name)])
+    lo_lim, hi_lim = m.limits[name]
+
+    def excess(x: float) -> float:
+        m.values = best
+        m.values[name] = x
+        m.fixed[name] = True
+        m.migrad()
+        if float(m.fval) < fmin - NEW_MINIMUM_TOLERANCE:
+            raise NewMinimum(np.array(m.values, dtype=np.float64), fmin - float(m.fval))
+        return float(m.fval) - fmin - up
+
+    try:
+        step = max(step, 1e-6)
+        for _ in range(8):
+            edge = x0 + sign * step
+            if sign < 0 and lo_lim is not None and np.isfinite(lo_lim):
+                edge = max(edge, float(lo_lim))
+            if sign > 0 and hi_lim is not None and np.isfinite(hi_lim):
+                edge = min(edge, float(hi_lim))
+            if excess(edge) > 0:
+                root = brentq(excess, x0, edge, xtol=1e-5 * step, rtol=1e-10)
+                return float(root - x0)
+            if edge != x0 + sign * step:  # at a limit, still below the crossing
+                return None
+            step *= 2.0
+        return None
+    finally:
+        m.fixed[name] = False
+        m.values = best
+        m.migrad()
 
 
 def at_limit(
