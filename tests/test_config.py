@@ -107,3 +107,20 @@ def test_config_reference_is_up_to_date():
     assert (REPO / "docs" / "config.md").read_text() == docs.render(), (
         "docs/config.md is stale: run `python -m vhbb.config.docs`"
     )
+
+
+def test_an_overlay_switches_a_reweighting_off(tmp_path):
+    """Overlays merge mappings, so `reweighting: {}` keeps the default correction; `enabled:
+    false` removes it from the histograms, the evaluation and the derive rule's params."""
+    from vhbb.config import params as P
+
+    base = [REPO / "config" / "config.yaml"]
+    assert [e["name"] for e in P.reweighting_list(cfgmod.load_config(base))] == ["soft_activity"]
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("reweighting: {}\n")
+    assert P.reweighting_list(cfgmod.load_config([*base, empty]))  # still there
+    off = tmp_path / "off.yaml"
+    off.write_text("reweighting: {soft_activity: {enabled: false}}\n")
+    cfg = cfgmod.load_config([*base, off])
+    assert P.reweighting_list(cfg) == []
+    assert "enabled" not in P.reweighting(cfgmod.load_config(base), "soft_activity")["reweighting"]

@@ -391,6 +391,8 @@ def reweighting_list(config: Mapping) -> list[dict[str, Any]]:
     out = []
     defined = set(config["regions"]["definitions"])
     for name, entry in sorted(config.get("reweighting", {}).items()):
+        if not entry.get("enabled", True):
+            continue
         bad = [r for r in entry["regions"] if r not in defined]
         if bad:
             raise ConfigError(
@@ -425,7 +427,7 @@ def reweighting(config: Mapping, name: str) -> dict[str, Any]:
                 "uncertainty": True,
                 "min_p_value": 0.01,
                 "on_failure": "fail",
-                **entry,
+                **{k: v for k, v in entry.items() if k != "enabled"},
             },
             "samples": {n: {"process": s["process"]} for n, s in config["samples"]["list"].items()},
             "processes": {
