@@ -311,17 +311,15 @@ def run_hists(
     background = [p for p in procs if p not in signal]
     mjj_edges = np.asarray(settings["mjj_edges"], dtype=np.float64)
     s_edges = signal_score_edges(mc, signal, sr, settings["score"])
-    regions = fill_regions(
-        mc,
-        data,
-        signal_region=sr,
-        control_regions=crs,
-        mjj_edges=mjj_edges,
-        score_edges=s_edges,
-        blinded=blinded,
-        weight_systematics=weights,
-        jes_sources=sources,
-    )
+    where: dict[str, Any] = {
+        "signal_region": sr,
+        "control_regions": crs,
+        "mjj_edges": mjj_edges,
+        "score_edges": s_edges,
+        "weight_systematics": weights,
+        "jes_sources": sources,
+    }
+    regions = fill_regions(mc, data, blinded=blinded, **where)
     b, b2 = regions[sr].total(background)
     binning = bn.merge_bins(
         b,
@@ -344,16 +342,7 @@ def run_hists(
         "score_edges_mode": settings["score"]["mode"],
         "provenance": provenance(dict(spec)),
     }
-    noise = bn.channel_diff_sumw2(
-        mc,
-        signal_region=sr,
-        control_regions=crs,
-        mjj_edges=mjj_edges,
-        score_edges=s_edges,
-        binning=binning,
-        weight_systematics=weights,
-        jes_sources=sources,
-    )
+    noise = bn.channel_diff_sumw2(mc, binning=binning, **where)  # what pruning compares with
     bn.write_hists(h5_path, root_path, regions, binning, meta, channel_noise=noise)
     summary = {
         **meta,
