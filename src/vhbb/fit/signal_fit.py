@@ -101,18 +101,25 @@ def jes_parameters(
     if setting is False:
         return []
     in_hists = [str(s) for s in meta.get("jes_sources", jes_sources or [])]
-    if setting is True:
-        chosen = in_hists
-    else:
-        missing = [s for s in setting if s not in in_hists]
-        if missing:
-            raise InputError(
-                f"JES source(s) {', '.join(missing)} (fit.systematics.jes) are not in the "
-                f"histograms (they hold {in_hists or 'none'}); check the names or rerun the "
-                "hists rule"
-            )
-        chosen = [str(s) for s in setting]
+    chosen = _chosen(
+        setting, in_hists, "JES source", "jes", "check the names or rerun the hists rule"
+    )
     return [jesmod.parameter(s) for s in chosen]
+
+
+def _chosen(setting: Any, in_hists: Sequence[str], what: str, key: str, hint: str) -> list[str]:
+    """The names a ``fit.systematics.<key>`` setting picks from those in the histograms: all
+    (``True`` / ``"auto"``) or the listed ones, each required there (else
+    :class:`~vhbb.core.errors.InputError` naming them and ``hint``)."""
+    if setting is True or setting == "auto":
+        return list(in_hists)
+    missing = [str(n) for n in setting if n not in in_hists]
+    if missing:
+        raise InputError(
+            f"{what}(s) {', '.join(missing)} (fit.systematics.{key}) are not in the histograms "
+            f"(they hold {list(in_hists) or 'none'}); {hint}"
+        )
+    return [str(n) for n in setting]
 
 
 def shape_systematics(
@@ -131,16 +138,7 @@ def shape_systematics(
     """
     in_hists = list(meta.get("weight_systematics") or [])
     setting = systematics.get("weights", "auto")
-    if setting == "auto":
-        weights = in_hists
-    else:
-        missing = [n for n in setting if n not in in_hists]
-        if missing:
-            raise InputError(
-                f"weight systematic(s) {', '.join(missing)} (fit.systematics.weights) are not "
-                f"in the histograms (they hold {in_hists or 'none'}); rerun the hists rule"
-            )
-        weights = list(setting)
+    weights = _chosen(setting, in_hists, "weight systematic", "weights", "rerun the hists rule")
     return jes_parameters(meta, systematics, jes_sources) + weights
 
 
