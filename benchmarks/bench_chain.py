@@ -41,10 +41,53 @@ def wall_seconds(workdir: Path) -> float | None:
     return (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else None
 
 
+JOB_START = re.compile(r"^(?:local)?rule (\w+):$")
+JOB_ID = re.compile(r"^\s+jobid: (\d+)$")
+JOB_END = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)")
+
+
+def log_jobs(log_path: Path) -> dict[str, dict[str, float]]:
+    """Per-rule job seconds from a Snakemake log (start stamp to the stamp of ``Finished
+    jobid``, 1 s resolution): the breakdown of a run made before rules had ``benchmark:``
+    files.  Jobs without a ``Finished`` line (failed, or still running) are left out."""
+    stamp = None
+    started: dict[str, tuple[str, datetime]] = {}
+    pending_rule = None
+    per: dict[str, dict[str, float]] = {}
+    for line in log_path.read_text().splitlines():
+        m = STAMP.match(line)
+        if m:
+            stamp = datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y")
+            continue
+        if (m := JOB_START.match(line)) and stamp is not None:
+            pending_rule = (m.group(1), stamp)
+            continue
+        if (m := JOB_ID.match(line)) and pending_rule is not None:
+            started[m.group(1)] = pending_rule
+            pending_rule = None
+            continue
+        if (m := JOB_END.match(line)) and stamp is not None and m.group(1) in started:
+            rule, t0 = started.pop(m.group(1))
+            if rule == "all":
+                continue
+            s = (stamp - t0).total_seconds()
+            entry = per.setdefault(
+                rule, {"jobs": 0, "seconds": 0.0, "max_seconds": 0.0, "cpu": 0.0}
+            )
+            entry["jobs"] += 1
+            entry["seconds"] += s
+            entry["max_seconds"] = max(entry["max_seconds"], s)
+    return per
+
+
 def summarise(workdir: str | Path) -> dict[str, Any]:
-    """Per-rule breakdown of the benchmark files under ``workdir/logs/benchmarks``."""
+    """Per-rule breakdown of the benchmark files under ``workdir/logs/benchmarks`` (or, where
+    there are none, of the newest Snakemake log: :func:`log_jobs`, no CPU time)."""
     root = Path(workdir) / "logs" / "benchmarks"
     per: dict[str, dict[str, float]] = {}
+    logs = sorted((Path(workdir) / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not root.exists() and logs:
+        per = log_jobs(logs[-1])
     for path in sorted(root.rglob("*.tsv")):
         with path.open() as f:
             rows = list(csv.DictReader(f, delimiter="\t"))

@@ -122,8 +122,13 @@ def run(quick: bool = False) -> dict:
     def bare_toy() -> None:
         counts["bare"] = 0
         for sample in mc_samples:
-            branches = cache.flat_branches(layout, True)
             for path in files[sample]:
+                # every branch caching reads: the nominal ones and those of each JES source
+                tree = uproot.open(path)["Events"]
+                branches = cache.flat_branches(
+                    layout, True, cache.flat_jes_sources(list(tree.keys()))
+                )
+                branches += cache.flat_weight_variations(list(tree.keys()))
                 for arrays in uproot.iterate(
                     f"{path}:Events", branches, step_size=chunk, library="np"
                 ):

@@ -67,3 +67,31 @@ def test_scan_summary_and_selection(e2e_run: Path, config):
         assert (out / "summary.csv").read_text().count("\n") >= len(points) + 1
         assert (out / "pareto.png").stat().st_size > 0
         assert list((out / "heatmaps").glob("*.png"))
+
+
+def test_a_scan_point_equal_to_a_model_is_not_trained_again(e2e_run: Path, config):
+    """adversarial_lambda's point at the base lambda is the adversarial model (same params):
+    its outputs are copies (rule alias_model), and its evaluation equals the model's."""
+    assert P.model_aliases(config) == {"adversarial-lambda_5": "adversarial"}
+    models = e2e_run / "results" / "models"
+    for fold in (0, 1):
+        alias, model = (
+            models / "adversarial-lambda_5" / f"fold{fold}",
+            models / "adversarial" / f"fold{fold}",
+        )
+        for name in ("model.pt", "model.onnx", "loss.png"):
+            assert (alias / name).read_bytes() == (model / name).read_bytes()
+        history = json.loads((alias / "history.json").read_text())
+        assert history["model"] == "adversarial-lambda_5" and history["same_as"] == "adversarial"
+        assert history["epochs"] == json.loads((model / "history.json").read_text())["epochs"]
+        bench = e2e_run / "logs" / "benchmarks"
+        assert (
+            bench / "alias_model" / "train" / "adversarial-lambda_5" / f"fold{fold}.tsv"
+        ).exists()
+        assert not (bench / "train_model" / "train" / "adversarial-lambda_5").exists()
+    metrics = {
+        m: json.loads((e2e_run / "results" / "evaluation" / m / "metrics.json").read_text())
+        for m in ("adversarial", "adversarial-lambda_5")
+    }
+    a, b = (metrics[m]["variants"]["out_of_fold"]["separation"]["auc"] for m in metrics)
+    assert a == b

@@ -36,6 +36,17 @@ def test_grid_names_are_readable_and_ordered(config):
     assert names == ["disco-lambda_100-epochs_200", "disco-lambda_5-epochs_200"]
 
 
+def test_a_point_with_another_models_training_is_an_alias(config):
+    """Equal training params (5 == 5.0 from the grid) make an alias of the first such model;
+    another value, or another seed, trains."""
+    lam = resolve_model(config["models"], "adversarial")["adversary"]["lambda"]
+    grid = {"adversary.lambda": [int(lam), lam * 2]}
+    cfg = with_scans(config, {"a": {"base": "adversarial", "grid": grid}})
+    assert P.model_aliases(cfg) == {f"adversarial-lambda_{int(lam)}": "adversarial"}
+    seeded = with_scans(config, {"a": {"base": "adversarial", "grid": {**grid, "seed": [5]}}})
+    assert P.model_aliases(seeded) == {}
+
+
 def test_ambiguous_keys_use_the_full_path_and_values_are_path_safe(config):
     grid = {"adversary.lambda": [0.5], "disco.lambda": [1e-5], "layers": [[64, 32]]}
     cfg = with_scans(config, {"g": {"base": "adversarial", "grid": grid}})

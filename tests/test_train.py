@@ -309,3 +309,21 @@ def test_checkpoint_and_onnx_round_trip(sr_data, tmp_path):
     assert "m_jj" not in json.loads(meta["used_features"])
     # one self-contained file, nothing else left beside it (no hidden *.data / *.tmp litter)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.pt"]
+
+
+def test_onnx_of_other_layers_takes_torchs_exporter(sr_data, tmp_path):
+    """A layer the hand-built graph does not know (Tanh) goes through torch.onnx.export."""
+    import torch
+
+    ort = pytest.importorskip("onnxruntime")
+    clf, _ = _fit(sr_data, _spec("none", epochs=1))
+    clf.body[1] = torch.nn.Tanh()
+    names = sr_data[1]
+    assert train.onnx_graph(clf, names) is None
+    train.export_onnx(clf, tmp_path / "model.onnx", names)
+    x = sr_data[0]["x"][:2000]
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    out = sess.run(None, {"features": x.astype(np.float32)})[0]
+    np.testing.assert_allclose(out.reshape(-1), train.predict(clf, x), atol=1e-5)
+    assert json.loads(sess.get_modelmeta().custom_metadata_map["feature_names"]) == names
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

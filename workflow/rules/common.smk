@@ -1,4 +1,6 @@
 # Config validation, wildcard constraints and the helper functions that map config to files.
+import re
+
 import vhbb.config.params as P
 from vhbb.config import validate, load_schema
 
@@ -12,6 +14,9 @@ REGIONS = list(config["export"]["regions"])
 MODELS = P.enabled_models(config)
 FOLDS = list(range(config["export"]["folds"]))
 TRAINING_REGION = config["export"]["training_region"]
+# models whose training is another's: copied, not trained again (rule alias_model)
+ALIASES = P.model_aliases(config)
+ALIAS_PATTERN = "|".join(re.escape(m) for m in ALIASES) or "(?!)"
 ENV = "../../envs/vhbb.yaml"
 
 

@@ -1,3 +1,6 @@
+ruleorder: alias_model > train_model
+
+
 rule train_model:
     """Train one fold model (on the other folds) with the shared training engine."""
     input:
@@ -20,7 +23,7 @@ rule train_model:
         "logs/benchmarks/train_model/train/{model}/fold{fold}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: 1  # two one-thread trainings beat one with two threads (README: Speed)
     resources:
         mem_mb=6000,
         runtime=120,
@@ -29,6 +32,44 @@ rule train_model:
         checkpoint_dir=lambda wc: f"results/checkpoints/{wc.model}/fold{wc.fold}",
     script:
         "../scripts/train_model.py"
+
+
+rule alias_model:
+    """A model whose training is another's (P.model_aliases): copy that model's outputs."""
+    input:
+        checkpoint=lambda wc: f"results/models/{ALIASES[wc.model]}/fold{wc.fold}/model.pt",
+        onnx=lambda wc: f"results/models/{ALIASES[wc.model]}/fold{wc.fold}/model.onnx",
+        history=lambda wc: f"results/models/{ALIASES[wc.model]}/fold{wc.fold}/history.json",
+        config=lambda wc: f"results/models/{ALIASES[wc.model]}/fold{wc.fold}/config.json",
+        plot=lambda wc: f"results/models/{ALIASES[wc.model]}/fold{wc.fold}/loss.png",
+    output:
+        checkpoint="results/models/{model}/fold{fold}/model.pt",
+        onnx="results/models/{model}/fold{fold}/model.onnx",
+        history="results/models/{model}/fold{fold}/history.json",
+        config="results/models/{model}/fold{fold}/config.json",
+        plot=report(
+            "results/models/{model}/fold{fold}/loss.png",
+            caption="../report/loss_curves.rst",
+            category="Training",
+            subcategory="{model}",
+            labels={"model": "{model}", "fold": "{fold}"},
+        ),
+    log:
+        "logs/train/{model}/fold{fold}.log",
+    benchmark:
+        "logs/benchmarks/alias_model/train/{model}/fold{fold}.tsv"
+    wildcard_constraints:
+        model=ALIAS_PATTERN,
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        same_as=lambda wc: ALIASES[wc.model],
+    script:
+        "../scripts/alias_model.py"
 
 
 rule score_model:

@@ -5,9 +5,6 @@ from vhbb.ml import weights
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]
-    import torch
-
-    torch.set_num_threads(max(1, int(smk.threads)))
     regions = list(smk.params.regions)
     weights.run_weights(
         dict(zip(regions, smk.input, strict=True)),

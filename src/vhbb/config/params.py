@@ -606,6 +606,28 @@ def all_models(config: Mapping) -> list[str]:
     return list(dict.fromkeys([*enabled_models(config), *expand(config)]))
 
 
+def model_aliases(config: Mapping) -> dict[str, str]:
+    """Trainable models whose training is another's, bit for bit: ``{alias: model}``.
+
+    Two models with equal training params (:func:`train`: the resolved spec, roles, device
+    and seed) train the same network on CPU, so the later one (in :func:`all_models` order:
+    ``models.enabled``, then each scan's points) copies the earlier one's outputs instead of
+    training again (rule ``alias_model``).  In the default config ``adversarial-lambda_5``
+    (the ``adversarial_lambda`` scan's point at the base model's own lambda) is
+    ``adversarial``.
+    """
+    seen: list[tuple[dict[str, Any], str]] = []
+    aliases: dict[str, str] = {}
+    for model in all_models(config):
+        spec = train(config, model)  # equal as values: a grid's 5 is the preset's 5.0
+        same = next((name for other, name in seen if other == spec), None)
+        if same is not None:
+            aliases[model] = same
+        else:
+            seen.append((spec, model))
+    return aliases
+
+
 def best_scan(ref: str) -> str | None:
     """The scan of a ``best:<scan>`` reference or ``best-<scan>`` path name (else None)."""
     from vhbb.config.loading import BEST_PREFIX

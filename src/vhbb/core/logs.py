@@ -26,6 +26,24 @@ def setup(log_file: str | Path | None = None, level: int = logging.INFO) -> logg
     return logging.getLogger("vhbb")
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def limit_threads(n: int) -> None:
+    """Keep a job to the ``threads`` Snakemake gave it: torch's intra-op pool (set now when
+    torch is loaded, else through ``OMP_NUM_THREADS`` when it is imported) and the BLAS pools
+    loaded after this call.  Without it every torch job takes one thread per core, and
+    ``snakemake --cores N`` running N single-thread jobs oversubscribes the machine N-fold."""
+    import os
+    import sys
+
+    n = max(1, int(n))
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
 def run_script(smk, main) -> None:  # type: ignore[no-untyped-def]
     """Run a workflow script's ``main(snakemake)`` with logging to the rule's log file.
 
@@ -36,6 +54,7 @@ def run_script(smk, main) -> None:  # type: ignore[no-untyped-def]
 
     log_file = smk.log[0] if len(smk.log) else None
     logger = setup(log_file)
+    limit_threads(int(getattr(smk, "threads", 1) or 1))
     try:
         main(smk)
     except VhbbError as exc:

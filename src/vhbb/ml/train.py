@@ -150,7 +150,7 @@ def validator(
     import torch
 
     from vhbb.ml.methods.base import classifier_loss
-    from vhbb.stats.disco import distance_corr_sq
+    from vhbb.stats.disco import distance_corr_sq_values
     from vhbb.stats.metrics import roc_auc
 
     n_val_dcor = int(spec.get("validation_dcor_events", 4000))
@@ -171,9 +171,7 @@ def validator(
             idx = val_nonres
             wn = val["dw"][idx]
             wn = wn * len(idx) / wn.sum()
-            out["val/dcor_mjj"] = float(
-                distance_corr_sq(val["m"][idx].double(), score[idx].double(), wn.double())
-            )
+            out["val/dcor_mjj"] = float(distance_corr_sq_values(val["m"][idx], score[idx], wn)[0])
         if "x_var" in val:
             s_var = torch.sigmoid(clf(val["x_var"]))
             out["val/sys_score_shift"] = float((val["pw"] * (score - s_var).abs()).mean())
@@ -312,8 +310,85 @@ def early_stopping(spec: Mapping[str, Any], plan: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- outputs
+ONNX_OPSET = 17  # onnxruntime >= 1.12, ROOT's SOFIE, hls4ml, ...
+ONNX_IR_VERSION = 8
+
+
+def onnx_graph(clf: Any, feature_names: Sequence[str]) -> Any:
+    """The ONNX model of sigmoid(classifier), built node by node from the trained layers.
+
+    Input ``features`` (N, F raw, export order), output ``score`` (N): Gather of the used
+    features, Sub/Div standardisation, Gemm + Relu per hidden layer (dropout is the identity
+    in evaluation), Gemm, Sigmoid, Squeeze: the operations of :class:`Probability`, so
+    onnxruntime returns the torch scores to float32 rounding (test).  None for a network with
+    another layer type (then :func:`export_onnx` uses torch's exporter).
+
+    Written by hand because torch's exporter (``torch.onnx.export``, dynamo) costs about 3 s
+    per training job (its first call in a process), for a graph of eight node types.
+    """
+    import onnx
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, value: Any) -> Any:
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    inits = [
+        const("used", clf.used.detach().cpu().numpy().astype(np.int64)),
+        const("mean", clf.mean.detach().cpu().numpy().astype(np.float32)),
+        const("std", clf.std.detach().cpu().numpy().astype(np.float32)),
+        const("squeeze_axes", np.array([1], dtype=np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["features", "used"], ["x_used"], axis=1),
+        helper.make_node("Sub", ["x_used", "mean"], ["x_centred"]),
+        helper.make_node("Div", ["x_centred", "std"], ["h0"]),
+    ]
+    current, k = "h0", 0
+    for layer in [*clf.body, clf.head]:
+        if isinstance(layer, torch.nn.Dropout):
+            continue
+        if isinstance(layer, torch.nn.Linear):
+            k += 1
+            w = layer.weight.detach().cpu().numpy().astype(np.float32)
+            b = layer.bias.detach().cpu().numpy().astype(np.float32)
+            inits += [const(f"w{k}", w), const(f"b{k}", b)]
+            nodes.append(helper.make_node("Gemm", [current, f"w{k}", f"b{k}"], [f"z{k}"], transB=1))
+            current = f"z{k}"
+        elif isinstance(layer, torch.nn.ReLU):
+            nodes.append(helper.make_node("Relu", [current], [f"a{k}"]))
+            current = f"a{k}"
+        else:
+            return None
+    nodes += [
+        helper.make_node("Sigmoid", [current], ["probability"]),
+        helper.make_node("Squeeze", ["probability", "squeeze_axes"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "vhbb_score",
+        [
+            helper.make_tensor_value_info(
+                "features", TensorProto.FLOAT, ["batch", len(feature_names)]
+            )
+        ],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+        producer_name="vhbb",
+        ir_version=ONNX_IR_VERSION,
+    )
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def export_onnx(clf: Any, path: str | Path, feature_names: Sequence[str]) -> None:
-    """ONNX graph of sigmoid(classifier): input ``features`` (N, F raw, export order)."""
+    """ONNX graph of sigmoid(classifier): input ``features`` (N, F raw, export order), output
+    ``score`` (N), metadata ``feature_names`` and ``used_features``; one self-contained file,
+    written atomically.  :func:`onnx_graph` builds it; torch's exporter covers other layers."""
     import tempfile
 
     import onnx
@@ -322,30 +397,31 @@ def export_onnx(clf: Any, path: str | Path, feature_names: Sequence[str]) -> Non
     from vhbb.core.io import atomic_path
     from vhbb.ml.networks import Probability
 
-    model = Probability(clf).eval()
-    example = torch.zeros(4, len(feature_names))
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # the exporter may write the weights to a side file (<name>.data): export into a private
-    # folder, then save one self-contained file atomically (no litter beside model.onnx)
+    meta = {
+        "feature_names": json.dumps(list(feature_names)),
+        "used_features": json.dumps([feature_names[i] for i in clf.used.tolist()]),
+        "producer": "vhbb",
+    }
+    proto = onnx_graph(clf, feature_names)
     with atomic_path(path) as tmp, tempfile.TemporaryDirectory() as scratch:
-        raw = Path(scratch) / "model.onnx"
-        torch.onnx.export(
-            model,
-            (example,),
-            str(raw),
-            input_names=["features"],
-            output_names=["score"],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-            dynamo=True,
-            verbose=False,
-        )
-        proto = onnx.load(str(raw))
-        meta = {
-            "feature_names": json.dumps(list(feature_names)),
-            "used_features": json.dumps([feature_names[i] for i in clf.used.tolist()]),
-            "producer": "vhbb",
-        }
+        if proto is None:
+            model = Probability(clf).eval()
+            for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+            # the exporter may write the weights to a side file (<name>.data): export into a
+            # private folder, then save one self-contained file (no litter beside model.onnx)
+            raw = Path(scratch) / "model.onnx"
+            torch.onnx.export(
+                model,
+                (torch.zeros(4, len(feature_names)),),
+                str(raw),
+                input_names=["features"],
+                output_names=["score"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                dynamo=True,
+                verbose=False,
+            )
+            proto = onnx.load(str(raw))
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
@@ -539,6 +615,27 @@ def prepare_checkpoint_dir(checkpoint_dir: str | Path, tag: str) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tag_file.write_text(tag)
     return ckpt_dir
+
+
+def copy_model(
+    inputs: Mapping[str, str], outputs: Mapping[str, str], *, model: str, same_as: str
+) -> None:
+    """The outputs of model ``same_as`` as those of ``model`` (its training is the same:
+    :func:`vhbb.config.params.model_aliases`): files copied, ``model`` in history.json and
+    config.json set to this name and ``same_as`` recorded."""
+    import shutil
+
+    from vhbb.core.io import atomic_path, write_json
+
+    for key, src in inputs.items():
+        if key in ("history", "config"):
+            doc = json.loads(Path(src).read_text())
+            doc["model"], doc["same_as"] = model, same_as
+            write_json(outputs[key], doc)
+        else:
+            with atomic_path(outputs[key]) as tmp:
+                shutil.copyfile(src, tmp)
+    log.info("%s: the training of %s (same spec, seed and inputs): outputs copied", model, same_as)
 
 
 def write_outputs(
