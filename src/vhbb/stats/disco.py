@@ -44,6 +44,9 @@ Two forms with the same value and gradient:
   and symmetrically for ``y``.  ``sign(0) = 0``, as autograd's derivative of ``abs`` at 0.
   Time is ``O(N^2)`` for both forms (three tiled sweeps: two forward, one backward).
 
+:func:`distance_corr_sq_values` is the value only (validation, evaluation): float64, row means
+by sorting, one sweep over the pairs shared by several weightings (bootstrap replicas).
+
 :func:`distance_corr_sq` dispatches: the reference form up to ``threshold`` events, the tiled
 form above.  Weights are constants of the loss (no gradient flows to ``w`` in the tiled form; it
 refuses a ``w`` that requires grad).  A variable with zero distance variance (constant) gives
@@ -208,6 +211,67 @@ def distance_corr_sq_tiled(
     x, y, p = _prepare(x, y, w)
     t = _tile_rows(x.numel(), tile_size, x.device)
     return _TiledDistanceCorrSq.apply(x, y, p.detach(), t)
+
+
+def _sorted_row_means(v: Tensor, p: Tensor) -> Tensor:
+    """``r_i = sum_j p_j |v_i - v_j|`` for every column of ``p`` (N, R), by sorting: with the
+    prefix sums ``P_k``, ``Q_k`` of ``p`` and ``p v`` in the order of ``v``,
+    ``r = v (2 P - 1) + Q_total - 2 Q`` (tied values add 0 on either side). O(N log N)."""
+    order = torch.argsort(v, stable=True)
+    vs = v[order][:, None]
+    ps = p[order]
+    cum_p = torch.cumsum(ps, dim=0)
+    cum_q = torch.cumsum(ps * vs, dim=0)
+    out = torch.empty_like(ps)
+    out[order] = vs * (2 * cum_p - 1) + cum_q[-1] - 2 * cum_q
+    return out
+
+
+def distance_corr_sq_values(
+    x: Tensor, y: Tensor, w: Tensor, *, tile_size: int | None = None
+) -> Tensor:
+    """``dCor^2`` of ``(x, y)`` for each column of the weights ``w`` (N, R) at once, without
+    gradients, in float64: the value of :func:`distance_corr_sq` (to ~1e-12) in about a third
+    of the tiled form's time, and one O(N^2) sweep for all ``R`` weightings (bootstrap replicas).
+
+    The row means come from sorting (:func:`_sorted_row_means`), ``sum p p a^2`` is
+    ``2 Var_p(x)``, and ``dCov^2 = sum p p a b - 2 sum p r s + abar bbar``: only
+    ``sum_ij p_i p_j a_ij b_ij`` needs the pairs (row tiles of ``tile_size``).  That algebraic
+    form cancels when ``dCor^2`` is small, which float64 affords (at ``dCor^2 = 1e-4`` about
+    12 significant digits remain) and the float32 training loss would not.  A weighting with
+    a non-positive sum gives NaN; a constant ``x`` or ``y`` gives 0.
+    """
+    with torch.no_grad():
+        x = x.reshape(-1).to(torch.float64)
+        y = y.reshape(-1).to(torch.float64)
+        w = w.to(device=x.device, dtype=torch.float64)
+        if w.ndim == 1:
+            w = w[:, None]
+        if x.shape != y.shape or w.shape[0] != x.numel():
+            raise ValueError(f"dCor: x {tuple(x.shape)}, y {tuple(y.shape)}, w {tuple(w.shape)}")
+        total = w.sum(dim=0)
+        p = w / torch.where(total > 0, total, torch.ones_like(total))
+        x = x - (p * x[:, None]).sum(dim=0).mean()  # translation: better-conditioned moments
+        y = y - (p * y[:, None]).sum(dim=0).mean()
+        r, s = _sorted_row_means(x, p), _sorted_row_means(y, p)
+        abar, bbar = (p * r).sum(dim=0), (p * s).sum(dim=0)
+
+        def var2(v: Tensor, rm: Tensor, mean: Tensor) -> Tensor:  # sum p p A^2
+            m1 = (p * v[:, None]).sum(dim=0)
+            m2 = (p * (v * v)[:, None]).sum(dim=0)
+            return 2 * (m2 - m1 * m1) - 2 * (p * rm * rm).sum(dim=0) + mean * mean
+
+        saa, sbb = var2(x, r, abar), var2(y, s, bbar)
+        t = _tile_rows(x.numel(), tile_size, x.device)
+        cross = torch.zeros_like(abar)
+        for i0 in range(0, x.numel(), t):
+            blk = slice(i0, i0 + t)
+            prod = (x[blk, None] - x[None, :]).abs_().mul_((y[blk, None] - y[None, :]).abs_())
+            cross += ((prod @ p) * p[blk]).sum(dim=0)
+        sab = cross - 2 * (p * r * s).sum(dim=0) + abar * bbar
+        ok = (saa > 0) & (sbb > 0)
+        value = torch.where(ok, sab / torch.sqrt(torch.where(ok, saa * sbb, 1.0)), 0.0)
+        return torch.where(total > 0, value, torch.nan)
 
 
 def distance_corr_sq(
