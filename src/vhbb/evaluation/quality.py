@@ -207,7 +207,7 @@ def data_mc_chi2(
     fitted_parameters: int = 1,
 ) -> dict[str, Any]:
     """Pearson chi2 of data against MC (MC variance included) on merged score bins."""
-    from scipy import stats
+    from vhbb.stats.metrics import chi2_prob
 
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     d, _ = weighted_hist(data_score, np.ones(len(data_score)), edges)
@@ -229,7 +229,7 @@ def data_mc_chi2(
             out[key] = measurement(None, None, reason)
         return out
     chi2 = float(np.sum((dg - mg) ** 2 / (mg + m2g)))
-    p = float(stats.chi2.sf(chi2, ndf))
+    p = chi2_prob(chi2, ndf) if ndf > 0 else float("nan")
     n = float(len(data_score))
     ref = 1.0 + (chi2 - ndf) / ndf * reference_count / n if n > 0 else None
     out.update(

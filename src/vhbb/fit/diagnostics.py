@@ -290,7 +290,7 @@ def goodness_of_fit(
     best: lk.FitResult | None = None,
 ) -> dict[str, Any]:
     """Saturated-model statistic of ``observed`` and its toy distribution and p-value."""
-    from scipy import stats
+    from vhbb.stats.metrics import chi2_prob
 
     if best is None:
         best = lk.fit(model, observed, label="goodness of fit")
@@ -312,7 +312,7 @@ def goodness_of_fit(
         "p_value": p,
         "p_value_error": math.sqrt(max(p * (1 - p), 1.0 / max(len(q), 1)) / max(len(q), 1)),
         "ndf": ndf,
-        "p_value_chi2": float(stats.chi2.sf(q_obs, ndf)),
+        "p_value_chi2": chi2_prob(q_obs, ndf) if ndf > 0 else float("nan"),
         "toys": "Poisson around the post-fit expectation (profiled gammas), refitted",
     }
 

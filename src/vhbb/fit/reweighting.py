@@ -162,14 +162,14 @@ def factor(
 
 def chi2_shape(d: np.ndarray, m: np.ndarray, m2: np.ndarray) -> tuple[float, int, float]:
     """chi2, ndf and p of data counts ``d`` against the MC shape ``m`` normalised to them."""
-    from scipy import stats
+    from vhbb.stats.metrics import chi2_prob
 
     scale = d.sum() / m.sum()
     exp, var = m * scale, m2 * scale**2
     ok = exp > 0
     chi2 = float(np.sum((d[ok] - exp[ok]) ** 2 / (exp[ok] + var[ok])))
     ndf = int(ok.sum()) - 1
-    return chi2, ndf, float(stats.chi2.sf(chi2, ndf)) if ndf > 0 else float("nan")
+    return chi2, ndf, chi2_prob(chi2, ndf) if ndf > 0 else float("nan")
 
 
 def validate(
