@@ -130,7 +130,8 @@ def test_dry_run_lists_every_point_and_fold(tmp_path):
     overlay = tmp_path / "scan.yaml"
     overlay.write_text(
         "scans:\n  disco_lambda: {base: disco, grid: {disco.lambda: [5, 100]}}\n"
-        "  two: {base: adversarial, grid: {adversary.lambda: [1, 2], epochs: [3]}}\n"
+        "  two: {base: adversarial, grid: {adversary.lambda: [1, 2], epochs: [3]},\n"
+        "        candidates: [nn_massless]}\n"
         "fit:\n  models: ['best:two']\n"
     )
     proc = run_snakemake(tmp_path, "-n", "--cores", "2", "all", overlays=[overlay])
@@ -144,6 +145,10 @@ def test_dry_run_lists_every_point_and_fold(tmp_path):
         assert f"results/scans/{scan}/best.json" in out
     # best:two in fit.models: its scores come from the scan's choice
     assert "rule best_scores" in out and "results/scores/best-two/ZH.parquet" in out
+    # best:two may choose a candidate: every best_* job reads the candidates' files too
+    for rule in ("best_scores", "best_plot_data"):
+        job = out.split(f"rule {rule}:")[1].split("\n\n")[0]
+        assert "/nn_massless/" in job, rule
     assert "results/hists/best-two/hists.h5" in out
 
 

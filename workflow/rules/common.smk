@@ -247,8 +247,9 @@ def evaluate_inputs(wildcards):
 
 
 def scan_models(scan):
-    """The scan's points followed by the models it is compared with."""
-    return P.scan_summary(config, scan)["points"].keys()
+    """What best:<scan> can choose: the scan's points, then its selection candidates."""
+    spec = P.scan_summary(config, scan)
+    return list(dict.fromkeys([*spec["points"], *spec["selection"]["candidates"]]))
 
 
 def scan_summary_models(wildcards):

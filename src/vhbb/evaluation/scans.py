@@ -317,6 +317,22 @@ def resolve_best(best_json: str | Path) -> str:
     return str(data["selected"])
 
 
+def chosen_files(
+    best_json: str | Path, sources: Mapping[str, Sequence[str]]
+) -> tuple[str, list[str]]:
+    """The model ``best.json`` chose and its files among ``sources`` (every model the scan can
+    choose: its points and its selection candidates)."""
+    from vhbb.core.errors import DataError
+
+    chosen = resolve_best(best_json)
+    if chosen not in sources:
+        raise DataError(
+            f"{best_json} chose '{chosen}', which is neither a point nor a candidate of the scan "
+            f"({', '.join(sources)}): rerun the scan's summary (its inputs changed)"
+        )
+    return chosen, list(sources[chosen])
+
+
 def run_best_copy(
     best_json: str, sources: Mapping[str, Sequence[str]], outputs: Sequence[str]
 ) -> str:
@@ -325,8 +341,7 @@ def run_best_copy(
 
     from vhbb.core.io import atomic_path
 
-    chosen = resolve_best(best_json)
-    files = list(sources[chosen])
+    chosen, files = chosen_files(best_json, sources)
     if len(files) != len(outputs):
         raise ValueError("best copy: sources and outputs differ in length")
     for src, dst in zip(files, outputs, strict=True):
@@ -345,8 +360,8 @@ def run_best_metrics(
     """Copy the chosen model's ``metrics.json`` and ``plot_data.json``, marked as the choice."""
     from vhbb.core.io import write_json
 
-    chosen = resolve_best(best_json)
-    for src, dst in zip(sources[chosen], outputs, strict=True):
+    chosen, files = chosen_files(best_json, sources)
+    for src, dst in zip(files, outputs, strict=True):
         data = json.loads(Path(src).read_text())
         if isinstance(data, dict) and "variants" in data:
             data["selected_from"] = scan
