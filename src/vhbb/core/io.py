@@ -33,6 +33,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def copy_file(src: str | Path, dst: str | Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (:func:`atomic_path`): never a half-copied file."""
+    import shutil
+
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.integer):
         return int(obj)

@@ -337,16 +337,13 @@ def run_best_copy(
     best_json: str, sources: Mapping[str, Sequence[str]], outputs: Sequence[str]
 ) -> str:
     """Copy the chosen model's files (``sources[model]``, in ``outputs`` order) to ``outputs``."""
-    import shutil
-
-    from vhbb.core.io import atomic_path
+    from vhbb.core.io import copy_file
 
     chosen, files = chosen_files(best_json, sources)
     if len(files) != len(outputs):
         raise ValueError("best copy: sources and outputs differ in length")
     for src, dst in zip(files, outputs, strict=True):
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
+        copy_file(src, dst)
     log.info("best of %s: %s", best_json, chosen)
     return chosen
 

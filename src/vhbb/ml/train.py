@@ -623,9 +623,7 @@ def copy_model(
     """The outputs of model ``same_as`` as those of ``model`` (its training is the same:
     :func:`vhbb.config.params.model_aliases`): files copied, ``model`` in history.json and
     config.json set to this name and ``same_as`` recorded."""
-    import shutil
-
-    from vhbb.core.io import atomic_path, write_json
+    from vhbb.core.io import copy_file, write_json
 
     for key, src in inputs.items():
         if key in ("history", "config"):
@@ -633,8 +631,7 @@ def copy_model(
             doc["model"], doc["same_as"] = model, same_as
             write_json(outputs[key], doc)
         else:
-            with atomic_path(outputs[key]) as tmp:
-                shutil.copyfile(src, tmp)
+            copy_file(src, outputs[key])
     log.info("%s: the training of %s (same spec, seed and inputs): outputs copied", model, same_as)
 
 
