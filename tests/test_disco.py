@@ -142,6 +142,44 @@ def test_tiled_value_and_gradient_equal_reference(torch, disco, weighted, kind):
         np.testing.assert_allclose(gy, gy_ref, rtol=0, atol=TOL * np.abs(gy_ref).max())
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("kind", ["nonlinear", "independent", "ties"])
+def test_one_sided_form_equals_reference(torch, disco, weighted, kind):
+    """x without gradient (m_jj in DisCo): the one-sweep form, value and gradient in y, float64
+    and float32 inputs (the training's), ties included."""
+    n = 701
+    x, y = _sample(n, 15, kind)
+    w = np.random.default_rng(16).gamma(2.0, 0.5, size=n) if weighted else None
+    wt = None if w is None else _t(torch, w)
+    yr = _t(torch, y, True)
+    ref = disco.distance_corr_sq_reference(_t(torch, x), yr, wt)
+    (g_ref,) = torch.autograd.grad(ref, yr)
+    for tile in (1, 64, 1000):
+        yt = _t(torch, y, True)
+        got = disco.distance_corr_sq_tiled(_t(torch, x), yt, wt, tile_size=tile)
+        assert "OneSided" in type(got.grad_fn).__name__
+        (g,) = torch.autograd.grad(got, yt)
+        assert abs(float(got) - float(ref)) < TOL
+        np.testing.assert_allclose(g, g_ref, rtol=0, atol=TOL * float(g_ref.abs().max()))
+    # float32 inputs: against the reference of the same (rounded) values, whose near-ties in y
+    # become ties
+    x32, y32 = (torch.tensor(a, dtype=torch.float32) for a in (x, y))
+    w32 = None if w is None else torch.tensor(w, dtype=torch.float32)
+    yr = y32.double().requires_grad_(True)
+    ref = disco.distance_corr_sq_reference(x32.double(), yr, None if w32 is None else w32.double())
+    (g_ref,) = torch.autograd.grad(ref, yr)
+    y32.requires_grad_(True)
+    got = disco.distance_corr_sq_tiled(x32, y32, w32)
+    (g,) = torch.autograd.grad(got, y32)
+    assert got.dtype == g.dtype == torch.float32
+    assert float(got) == pytest.approx(float(ref), rel=1e-6, abs=1e-9)
+    np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-5 * float(g_ref.abs().max()))
+    assert torch.autograd.gradcheck(
+        lambda b: disco.distance_corr_sq_tiled(_t(torch, x[:40]), b, None, tile_size=7),
+        (_t(torch, y[:40], True),),
+    )
+
+
 def test_tiled_gradcheck(torch, disco):
     rng = np.random.default_rng(7)
     x = _t(torch, rng.normal(size=30), True)

@@ -27,6 +27,21 @@ def test_every_rule_logged(e2e_run):
     assert (e2e_run / "logs" / "export.log").read_text().strip()
 
 
+def test_local_jobs_ran_in_the_prefork_server(e2e_run):
+    """The chain's own jobs ran forked from the pre-fork server (config prefork: true), which
+    preloaded the libraries; the server has gone with its Snakemake run."""
+    server_log = (e2e_run / "logs" / "prefork.log").read_text()
+    assert "preloaded numpy, pandas" in server_log and "torch" in server_log
+    job_logs = [
+        p for p in (e2e_run / "logs").rglob("*.log") if p.name != "prefork.log" and p.stat().st_size
+    ]
+    forked = [p for p in job_logs if "running in a process forked from the server" in p.read_text()]
+    # every job of the chain calls run_script; the first ones may start before the server is up
+    assert len(forked) >= 0.8 * len(job_logs), (len(forked), len(job_logs))
+    for p in (e2e_run / "logs" / "train").rglob("*.log"):
+        assert "running in a process forked from the server" in p.read_text(), p
+
+
 def test_toy_ntuples_written_per_file(e2e_run):
     for sample in SAMPLES:
         files = sorted((e2e_run / "resources" / "ntuples" / sample).glob("part*.root"))

@@ -28,6 +28,32 @@ wildcard_constraints:
     fold=r"\d+",
 
 
+# Local runs: a server imports the heavy libraries once and forks a ready process per job
+# (vhbb.core.prefork; config `prefork`, README: Speed).  Cluster executors never start it.
+PREFORK = {}
+
+
+onstart:
+    if config.get("prefork", True) and workflow.local_exec:
+        from vhbb.core import prefork
+
+        PREFORK["server"] = prefork.start(log_path="logs/prefork.log")
+
+
+onsuccess:
+    if PREFORK:
+        from vhbb.core import prefork
+
+        prefork.stop(PREFORK.pop("server"))
+
+
+onerror:
+    if PREFORK:
+        from vhbb.core import prefork
+
+        prefork.stop(PREFORK.pop("server"))
+
+
 def toy_files():
     return [
         f"resources/ntuples/{s}/part{i}.root"
@@ -250,6 +276,15 @@ def scan_models(scan):
     """What best:<scan> can choose: the scan's points, then its selection candidates."""
     spec = P.scan_summary(config, scan)
     return list(dict.fromkeys([*spec["points"], *spec["selection"]["candidates"]]))
+
+
+# What best:<scan> chooses from is trained, scored and evaluated first: the selected model's
+# fits and diagnostics wait for all of it, and the other models' jobs fill the cores meanwhile.
+SELECTION_MODELS = {m for scan in P.scan_names(config) for m in scan_models(scan)}
+
+
+def selection_priority(wildcards):
+    return 1 if wildcards.model in SELECTION_MODELS else 0
 
 
 def scan_summary_models(wildcards):

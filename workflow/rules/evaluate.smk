@@ -21,6 +21,7 @@ rule evaluate_model:
         "logs/evaluation/{model}.log",
     benchmark:
         "logs/benchmarks/evaluate_model/evaluation/{model}.tsv"
+    priority: selection_priority
     conda:
         ENV
     threads: 1

@@ -21,6 +21,7 @@ rule train_model:
         "logs/train/{model}/fold{fold}.log",
     benchmark:
         "logs/benchmarks/train_model/train/{model}/fold{fold}.tsv"
+    priority: selection_priority
     conda:
         ENV
     threads: 1  # two one-thread trainings beat one with two threads (README: Speed)
@@ -85,6 +86,7 @@ rule score_model:
         "logs/scores/{model}.log",
     benchmark:
         "logs/benchmarks/score_model/scores/{model}.tsv"
+    priority: selection_priority
     conda:
         ENV
     threads: 2

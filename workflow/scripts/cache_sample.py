@@ -3,10 +3,12 @@
 from pathlib import Path
 
 from vhbb.core.logs import run_script
-from vhbb.data import cache
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]
+    # imported here: a pre-forked job (vhbb.core.prefork) skips this process's imports
+    from vhbb.data import cache
+
     spec = dict(smk.params.spec)
     # data overlap removal: the inputs also hold the parts of the higher-priority data samples
     # (results/cache/parts/{sample}/part{i}.parquet)

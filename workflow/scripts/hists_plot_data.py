@@ -1,11 +1,13 @@
 """Signal-region data outside the blinding window for the blinded figures (rule hists_plot_data)."""
 
 from vhbb.core.logs import run_script
-from vhbb.fit import hists
-from vhbb.ml import scoring
 
 
 def main(smk) -> None:  # type: ignore[no-untyped-def]
+    # imported here: a pre-forked job (vhbb.core.prefork) skips this process's imports
+    from vhbb.fit import hists
+    from vhbb.ml import scoring
+
     spec = smk.params.spec
     blinding = spec["blinding"]
     data = None

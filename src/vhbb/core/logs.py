@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,6 +43,12 @@ def limit_threads(n: int) -> None:
         os.environ[name] = str(n)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
+    if "numpy" in sys.modules:  # already loaded (a pre-forked job): limit its BLAS pool now
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(n)
 
 
 def run_script(smk, main) -> None:  # type: ignore[no-untyped-def]
@@ -49,11 +56,20 @@ def run_script(smk, main) -> None:  # type: ignore[no-untyped-def]
 
     A :class:`~vhbb.core.errors.VhbbError` (bad input, bad config) ends the job with its one-line
     message in the log and on stderr, without a Python traceback; other exceptions keep theirs.
+    In a local run with a pre-fork server (:mod:`vhbb.core.prefork`) the job runs in a process
+    forked from it, which runs this script again; its exit status becomes this process's.
     """
+    from vhbb.core import prefork
+
+    status = prefork.delegate()  # a local run's pre-forked process takes the job, if one can
+    if status is not None:
+        raise SystemExit(status)
     from vhbb.core.errors import VhbbError
 
     log_file = smk.log[0] if len(smk.log) else None
     logger = setup(log_file)
+    if prefork.in_child():
+        logger.info("prefork: running in a process forked from the server (pid %d)", os.getpid())
     limit_threads(int(getattr(smk, "threads", 1) or 1))
     try:
         main(smk)

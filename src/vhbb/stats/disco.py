@@ -198,18 +198,80 @@ class _TiledDistanceCorrSq(torch.autograd.Function):
         return gx, gy, None, None
 
 
+class _OneSidedDistanceCorrSq(torch.autograd.Function):
+    """``dCor^2(x, y)`` with a gradient in ``y`` only (``x`` a constant, as m_jj in DisCo): one
+    sweep over the pairs for value and gradient, float64 throughout.
+
+    With ``sg_kj = sign(y_k - y_j)`` and ``K_kj = |x_k - x_j| sg_kj`` (so that
+    ``a_kj b_kj = K_kj (y_k - y_j)``), the sweep computes ``U = K p``, ``V = K (p y)`` and
+    ``G = sg p``, ``H = sg (p s)``, ``H' = sg (p r)`` (row means ``r``, ``s`` by sorting).  Then
+    ``sum p p a b = sum_k p_k (y_k U_k - V_k)``, ``dCov^2 = sum p p a b - 2 sum p r s + abar
+    bbar`` and ``dCov^2(v, v) = 2 Var_p(v) - 2 sum p rm^2 + mean^2`` (the algebraic forms of
+    :func:`distance_corr_sq_values`, float64), and the module's gradient
+    ``dF/dy_k = 2 c_ab p_k sum_j p_j (A_kj - (c_bb / c_ab) B_kj) sg_kj`` needs
+    ``sum_j p_j A_kj sg_kj = U_k + (abar - r_k) G_k - H'_k`` and
+    ``sum_j p_j B_kj sg_kj = (y_k - ybar) + (bbar - s_k) G_k - H_k``: no second sweep.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor, p: Tensor, t: int) -> Tensor:  # type: ignore[override]
+        out_dtype = y.dtype
+        x, y, p = x.double(), y.double(), p.double()
+        x = x - torch.dot(p, x)  # translation: better-conditioned moments
+        ybar = torch.dot(p, y)
+        y = y - ybar
+        r = _sorted_row_means(x, p[:, None])[:, 0]
+        s = _sorted_row_means(y, p[:, None])[:, 0]
+        abar, bbar = torch.dot(p, r), torch.dot(p, s)
+        signs_rhs = torch.stack([p, p * s, p * r], dim=1)
+        pairs_rhs = torch.stack([p, p * y], dim=1)
+        ghh = torch.empty(x.numel(), 3, dtype=x.dtype, device=x.device)
+        uv = torch.empty(x.numel(), 2, dtype=x.dtype, device=x.device)
+        for i0 in range(0, x.numel(), t):
+            blk = slice(i0, i0 + t)
+            sg = (y[blk, None] - y[None, :]).sign_()
+            ghh[blk] = sg @ signs_rhs
+            uv[blk] = (x[blk, None] - x[None, :]).abs_().mul_(sg) @ pairs_rhs
+        sab = torch.dot(p, y * uv[:, 0] - uv[:, 1]) - 2 * torch.dot(p, r * s) + abar * bbar
+        saa = 2 * torch.dot(p, x * x) - 2 * torch.dot(p, r * r) + abar * abar
+        sbb = 2 * torch.dot(p, y * y) - 2 * torch.dot(p, s * s) + bbar * bbar
+        sab_f, saa_f, sbb_f = float(sab), float(saa), float(sbb)
+        degenerate = saa_f <= 0 or sbb_f <= 0
+        value = 0.0 if degenerate else sab_f / math.sqrt(saa_f * sbb_f)
+        if not degenerate and ctx.needs_input_grad[1]:
+            c_ab = 1.0 / math.sqrt(saa_f * sbb_f)
+            t_a = uv[:, 0] + (abar - r) * ghh[:, 0] - ghh[:, 2]
+            t_b = y + (bbar - s) * ghh[:, 0] - ghh[:, 1]
+            ctx.save_for_backward((2.0 * c_ab) * p * (t_a - (value / sbb_f / c_ab) * t_b))
+        else:
+            ctx.save_for_backward(torch.zeros_like(y))
+        ctx.out_dtype = out_dtype
+        return torch.tensor(value, dtype=out_dtype, device=x.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (gy,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        return None, (gy * grad_out.double()).to(ctx.out_dtype), None, None
+
+
 def distance_corr_sq_tiled(
     x: Tensor, y: Tensor, w: Tensor | None = None, *, tile_size: int | None = None
 ) -> Tensor:
     """``dCor^2`` without N x N matrices: row tiles of ``tile_size`` events (memory O(N T)).
 
     ``tile_size`` defaults to ``DEFAULT_TILE_ELEMENTS[device] // N`` rows.  Differentiable in
-    ``x`` and ``y`` (analytic tiled backward); ``w`` must not require grad.
+    ``x`` and ``y`` (analytic tiled backward); ``w`` must not require grad.  When ``x`` needs no
+    gradient (m_jj in DisCo) value and gradient take one sweep over the pairs
+    (:class:`_OneSidedDistanceCorrSq`, float64) instead of three.
     """
     if w is not None and w.requires_grad:
         raise ValueError("DisCo tiled form: weights are constants; pass w.detach()")
     x, y, p = _prepare(x, y, w)
     t = _tile_rows(x.numel(), tile_size, x.device)
+    if not x.requires_grad:
+        return _OneSidedDistanceCorrSq.apply(x.detach(), y, p.detach(), t)
     return _TiledDistanceCorrSq.apply(x, y, p.detach(), t)
 
 
