@@ -65,8 +65,11 @@ PRELOAD = (
     "matplotlib.pyplot",
     "mplhep",
     "torch",
+    "torch._dynamo",  # imported by the first optimiser a training creates (~1.6 s)
     "onnx",
+    "correctionlib.schemav2",
     "sklearn.metrics",
+    "sklearn.ensemble",
     "threadpoolctl",
     "tqdm",
     "snakemake.script",
