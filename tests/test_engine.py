@@ -284,3 +284,21 @@ def test_the_spec_interval_reaches_every_phase_of_a_method():
         assert [p.validate_every for p in plan.phases] == [2]
         plan = methods.get(name).build(Context(spec, clf, "cpu"))
         assert [p.validate_every for p in plan.phases] == [None]
+
+
+def test_predict_in_cache_sized_batches_equals_one_large_batch():
+    """networks.predict's CPU default (PREDICT_BATCH rows a pass) gives every row the output of
+    one pass over all rows (the scores of every sample come from it)."""
+    import numpy as np
+    import torch
+
+    from vhbb.ml import networks
+
+    torch.manual_seed(3)
+    net = networks.Classifier(6, [0, 2, 3, 5], [0.0] * 6, [1.0] * 6, [128, 128, 128], 0.05)
+    x = np.random.default_rng(4).normal(size=(5000, 6)).astype(np.float32)
+    default = networks.predict(net, x, sigmoid=True)
+    assert networks.PREDICT_BATCH["cpu"] < len(x)
+    whole = networks.predict(net, x, batch_size=len(x), sigmoid=True)
+    np.testing.assert_allclose(default, whole, rtol=1e-6, atol=1e-7)
+    assert default.dtype == np.float64 and default.shape == (5000,)

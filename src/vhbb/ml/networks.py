@@ -62,11 +62,15 @@ def dense(n_in: int, layers: Sequence[int], n_out: int = 1) -> nn.Sequential:
     return nn.Sequential(*body, nn.Linear(width, n_out))
 
 
+#: Rows per forward pass of :func:`predict` by device type.
+PREDICT_BATCH = {"cpu": 1024, "other": 65536}
+
+
 def predict(
     net: nn.Module,
     x: Any,
     *,
-    batch_size: int = 65536,
+    batch_size: int | None = None,
     sigmoid: bool = False,
     device: Any = None,
 ) -> np.ndarray:
@@ -74,10 +78,18 @@ def predict(
 
     In batches of ``batch_size`` rows, eval mode, no gradients; ``sigmoid``: the probability
     of a logit network (computed in float32, as the network).  ``device``: where a batch of an
-    array goes (default CPU; a tensor stays where it is).
+    array goes (default CPU; a tensor stays where it is).  The default batch size is
+    :data:`PREDICT_BATCH` of the device: on CPU a batch whose activations stay in the cache
+    (1024 rows of the 3x128 classifier: about twice the rows per second of 65536, one thread;
+    every row's output is its own, whatever the batch).
     """
     net.eval()
     parts = []
+    if batch_size is None:
+        on = device if device is not None else getattr(x, "device", None)
+        batch_size = PREDICT_BATCH[
+            "cpu" if on is None or torch.device(on).type == "cpu" else "other"
+        ]
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)

@@ -465,7 +465,7 @@ def load_model(path: str | Path) -> Any:
     return clf.eval()
 
 
-def predict(clf: Any, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+def predict(clf: Any, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """Scores (sigmoid outputs) of a classifier in batches, float64 (on CPU)."""
     from vhbb.ml import networks
 
