@@ -150,6 +150,7 @@ def validator(
     import torch
 
     from vhbb.ml.methods.base import classifier_loss
+    from vhbb.ml.networks import PREDICT_BATCH
     from vhbb.stats.disco import distance_corr_sq_values
     from vhbb.stats.metrics import roc_auc
 
@@ -158,8 +159,12 @@ def validator(
     y_val = val["y"].cpu().numpy()
     w_val = val["w"].cpu().numpy()
 
+    def forward(x: Any) -> Any:  # in cache-sized row batches (networks.PREDICT_BATCH)
+        rows = PREDICT_BATCH["cpu" if x.device.type == "cpu" else "other"]
+        return torch.cat([clf(x[i : i + rows]) for i in range(0, len(x), rows)])
+
     def validate() -> dict[str, Any]:
-        logit = clf(val["x"])  # one forward pass for the score and the loss
+        logit = forward(val["x"])  # one forward pass for the score and the loss
         score = torch.sigmoid(logit)
         s_np = score.cpu().numpy()
         out: dict[str, Any] = {
@@ -173,7 +178,7 @@ def validator(
             wn = wn * len(idx) / wn.sum()
             out["val/dcor_mjj"] = float(distance_corr_sq_values(val["m"][idx], score[idx], wn)[0])
         if "x_var" in val:
-            s_var = torch.sigmoid(clf(val["x_var"]))
+            s_var = torch.sigmoid(forward(val["x_var"]))
             out["val/sys_score_shift"] = float((val["pw"] * (score - s_var).abs()).mean())
         out["collapsed"] = bool(s_np.std() < spec["collapse_threshold"])
         for fn in extra:
