@@ -66,6 +66,12 @@ def dense(n_in: int, layers: Sequence[int], n_out: int = 1) -> nn.Sequential:
 PREDICT_BATCH = {"cpu": 4096, "other": 65536}
 
 
+def predict_rows(device: Any = None) -> int:
+    """:data:`PREDICT_BATCH` of ``device`` (None: CPU)."""
+    cpu = device is None or torch.device(device).type == "cpu"
+    return PREDICT_BATCH["cpu" if cpu else "other"]
+
+
 def predict(
     net: nn.Module,
     x: Any,
@@ -86,10 +92,7 @@ def predict(
     net.eval()
     parts = []
     if batch_size is None:
-        on = device if device is not None else getattr(x, "device", None)
-        batch_size = PREDICT_BATCH[
-            "cpu" if on is None or torch.device(on).type == "cpu" else "other"
-        ]
+        batch_size = predict_rows(device if device is not None else getattr(x, "device", None))
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
             xb = torch.as_tensor(x[start : start + batch_size], dtype=torch.float32, device=device)

@@ -150,7 +150,7 @@ def validator(
     import torch
 
     from vhbb.ml.methods.base import classifier_loss
-    from vhbb.ml.networks import PREDICT_BATCH
+    from vhbb.ml.networks import predict_rows
     from vhbb.stats.disco import distance_corr_sq_values
     from vhbb.stats.metrics import roc_auc
 
@@ -160,7 +160,7 @@ def validator(
     w_val = val["w"].cpu().numpy()
 
     def forward(x: Any) -> Any:  # in cache-sized row batches (networks.PREDICT_BATCH)
-        rows = PREDICT_BATCH["cpu" if x.device.type == "cpu" else "other"]
+        rows = predict_rows(x.device)
         return torch.cat([clf(x[i : i + rows]) for i in range(0, len(x), rows)])
 
     def validate() -> dict[str, Any]:
