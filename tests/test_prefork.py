@@ -125,3 +125,25 @@ def test_cancelling_the_job_ends_its_forked_process(server, tmp_path, sig):
     proc.wait(timeout=30)
     assert proc.returncode != 0
     assert _gone(child)
+
+
+def test_the_server_ends_and_cleans_up_when_its_snakemake_process_is_gone(tmp_path):
+    """A Snakemake run that was killed never calls stop(): the server notices that its parent
+    process has gone, exits and removes its socket and directory."""
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix=prefork.DIRECTORY_PREFIX))
+    socket_path = directory / "socket"
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vhbb.core.prefork", "serve", str(socket_path), str(parent.pid)],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not socket_path.exists():
+        assert time.monotonic() < deadline and server.poll() is None
+        time.sleep(0.05)
+    parent.kill()
+    parent.wait()
+    assert server.wait(timeout=30) == 0
+    assert not directory.exists()

@@ -82,6 +82,8 @@ CHILD_VARIABLE = "VHBB_PREFORK_CHILD"
 BATCH_VARIABLES = ("SLURM_JOB_ID", "_CONDOR_JOB_AD", "PBS_JOBID", "LSB_JOBID")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 CONNECT_TIMEOUT_S = 5.0
+#: The private temporary directory of a server's socket (:func:`start`).
+DIRECTORY_PREFIX = "vhbb-prefork-"
 
 
 def _send(conn: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
@@ -281,7 +283,8 @@ def _run_child(conn: socket.socket, request: Mapping[str, Any], fds: Sequence[in
 
 def serve(socket_path: str | Path, parent_pid: int | None = None) -> None:
     """Preload, then fork a child per job until ``parent_pid`` (the Snakemake process) ends or
-    SIGTERM arrives.  The socket file is removed on the way out."""
+    SIGTERM arrives.  The socket file (and :func:`start`'s directory) is removed on the way
+    out, also when Snakemake was killed and never called :func:`stop`."""
     path = Path(socket_path)
     loaded = preload()
     sys.stderr.write(f"vhbb prefork: preloaded {', '.join(loaded)}\n")
@@ -324,6 +327,9 @@ def serve(socket_path: str | Path, parent_pid: int | None = None) -> None:
         with contextlib.suppress(OSError):
             if path.exists():
                 path.unlink()
+        if path.parent.name.startswith(DIRECTORY_PREFIX):  # start()'s private directory
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
 
 
 def _take(server: socket.socket, conn: socket.socket, mine: Mapping[str, str]) -> None:
@@ -377,7 +383,7 @@ def start(log_path: str | Path, wait_s: float = 60.0) -> Any:
     import subprocess
     import tempfile
 
-    directory = Path(tempfile.mkdtemp(prefix="vhbb-prefork-"))
+    directory = Path(tempfile.mkdtemp(prefix=DIRECTORY_PREFIX))
     path = directory / "socket"
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != SOCKET_VARIABLE}
