@@ -40,18 +40,19 @@ onstart:
         PREFORK["server"] = prefork.start(log_path="logs/prefork.log")
 
 
-onsuccess:
+def stop_prefork():
     if PREFORK:
         from vhbb.core import prefork
 
         prefork.stop(PREFORK.pop("server"))
+
+
+onsuccess:
+    stop_prefork()
 
 
 onerror:
-    if PREFORK:
-        from vhbb.core import prefork
-
-        prefork.stop(PREFORK.pop("server"))
+    stop_prefork()
 
 
 def toy_files():
