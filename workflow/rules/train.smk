@@ -89,7 +89,7 @@ rule score_model:
     priority: selection_priority
     conda:
         ENV
-    threads: 2
+    threads: 1  # 9 core-s a model on one thread, 12 on two (README: Speed)
     resources:
         mem_mb=6000,
         runtime=60,

@@ -186,8 +186,8 @@ def read_events(
     for key in KEYS:
         if not np.array_equal(cache[key].to_numpy(), scores[key].to_numpy()):
             raise InputError(f"{score_path}: event keys differ from {cache_path} (column {key})")
-    out = {c: cache[c].to_numpy() for c in cols}
-    keep = _unblinded_rows(score_path, cache["region"].astype(str).to_numpy(), is_mc)
+    out = {c: _column(cache[c]) for c in cols}
+    keep = _unblinded_rows(score_path, out["region"], is_mc)
     for c in score_cols[len(KEYS) :]:
         values = scores[c].to_numpy(np.float64)
         if not np.all(np.isfinite(values[keep])):
@@ -195,7 +195,6 @@ def read_events(
         out[c] = values
     if not keep.all():
         out = {c: v[keep] for c, v in out.items()}
-    out["region"] = out["region"].astype(str)
     factor = np.ones(len(out["weight"]))
     for entry in reweighting if is_mc else ():
         nom, up, down = reweighting_factors(
@@ -209,6 +208,17 @@ def read_events(
     if reweighting and is_mc:
         out["weight"] = out["weight"] * factor
     out["reweighting_factor"] = factor
-    for v in varied:
-        out[f"region_{v}"] = out[f"region_{v}"].astype(str)
     return out
+
+
+def _column(series: Any) -> np.ndarray:
+    """A cached column as numpy; a categorical one (the regions) as an array of its names, by
+    indexing the category names with the codes (the same values as ``astype(str)``, ~20x
+    faster for the few categories of a region column)."""
+    import pandas as pd
+
+    if isinstance(series.dtype, pd.CategoricalDtype):
+        codes = series.cat.codes.to_numpy()
+        names = np.asarray([str(c) for c in series.cat.categories] + ["nan"])
+        return names[codes]  # code -1 (missing) is the last name, "nan" as astype(str) gives
+    return series.to_numpy()

@@ -248,15 +248,18 @@ def standardisation(table: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.nda
 
 
 def write_h5(path: str | Path, table: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
-    """Write one region's arrays atomically."""
+    """Write one region's arrays atomically.
+
+    Uncompressed: the float columns compress by only ~35 % (gzip, shuffle), and every training,
+    evaluation and weight job reads the whole file, which gzip made 14x slower (SR region of the
+    default run: 0.68 s against 0.05 s a read).
+    """
     import h5py
 
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fout:
             for key, values in table.items():
-                fout.create_dataset(
-                    key, data=values, compression="gzip", compression_opts=1, shuffle=True
-                )
+                fout.create_dataset(key, data=values)
             for key, value in attrs.items():
                 if isinstance(value, dict | list) and not (
                     isinstance(value, list) and value and isinstance(value[0], int | float)

@@ -30,8 +30,10 @@ probability; nothing here imports torch.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -518,6 +520,30 @@ def _labels_scores_weights(
     return y.astype(bool), s, w
 
 
+_ORDERS: OrderedDict[bytes, NDArray[np.intp]] = OrderedDict()
+_ORDERS_KEPT = 4
+
+
+def stable_order(values: FloatArray) -> NDArray[np.intp]:
+    """``np.argsort(values, kind="mergesort")``, remembered for the last few distinct arrays.
+
+    The bootstrap replicas of an evaluation reweight the same scores over and over; their ROC
+    curves then sort once.  Arrays are told apart by a digest of their bytes (not identity),
+    so a changed array is sorted again.  The result is read-only (shared between calls).
+    """
+    key = hashlib.blake2b(values.tobytes(), digest_size=16).digest() + str(values.dtype).encode()
+    order = _ORDERS.get(key)
+    if order is None:
+        order = np.argsort(values, kind="mergesort")
+        order.flags.writeable = False
+        _ORDERS[key] = order
+        while len(_ORDERS) > _ORDERS_KEPT:
+            _ORDERS.popitem(last=False)
+    else:
+        _ORDERS.move_to_end(key)
+    return order
+
+
 def roc_curve(
     y_true: ArrayLike, score: ArrayLike, weight: ArrayLike | None = None
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -529,9 +555,8 @@ def roc_curve(
     threshold ``inf``.  Raises :class:`~vhbb.core.errors.DataError` if one class has no weight.
     """
     y, s, w = _labels_scores_weights(y_true, score, weight)
-    keep = w != 0
-    y, s, w = y[keep], s[keep], w[keep]
-    order = np.argsort(s, kind="mergesort")[::-1]
+    order = stable_order(s)
+    order = order[w[order] != 0][::-1]  # = the stable order of the nonzero-weight events
     s, y, w = s[order], y[order], w[order]
     last_of_tie = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
     tps = np.cumsum(np.where(y, w, 0.0))[last_of_tie]
