@@ -295,3 +295,15 @@ def test_nanoaod_copy_with_missing_branch(nanoaod, tmp_path):
             preselection="pt_jj > 0",
             regions={"a": "pt_jj > 0"},
         )
+
+
+def test_region_column_names_from_category_codes():
+    from vhbb.data.events import _column
+
+    cats = pd.Categorical(["SR", "none", None, "CR_tt"], categories=["none", "SR", "CR_tt"])
+    got = _column(pd.Series(cats))
+    # as the object array's astype(str) that it replaces (missing: "nan")
+    want = pd.Series(cats).to_numpy().astype(str)
+    assert got.tolist() == want.tolist() == ["SR", "none", "nan", "CR_tt"]
+    assert got.dtype.kind == "U"
+    np.testing.assert_array_equal(_column(pd.Series([1.5, 2.0])), [1.5, 2.0])

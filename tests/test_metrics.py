@@ -458,3 +458,31 @@ def test_report_max_deviation_vs_root():
     import logging
 
     logging.getLogger(__name__).info("max relative deviations vs references: %s", DEVIATIONS)
+
+
+def test_stable_order_is_remembered_by_content_and_matches_argsort():
+    rng = np.random.default_rng(11)
+    s = np.round(rng.random(5000), 2)  # many ties: the stable order matters
+    first = metrics.stable_order(s)
+    np.testing.assert_array_equal(first, np.argsort(s, kind="mergesort"))
+    assert metrics.stable_order(s.copy()) is first  # same bytes: the remembered order
+    changed = s.copy()
+    changed[0] = 2.0
+    np.testing.assert_array_equal(
+        metrics.stable_order(changed), np.argsort(changed, kind="mergesort")
+    )
+    with pytest.raises(ValueError):
+        first[0] = 1  # shared between calls: read-only
+
+
+def test_roc_of_bootstrap_replicas_equals_sklearn_with_zero_weights():
+    skm = require_module("sklearn.metrics")
+    rng = np.random.default_rng(5)
+    s, y = np.round(rng.random(3000), 2), rng.random(3000) < 0.4
+    for _ in range(3):
+        w = rng.random(3000) * rng.poisson(1.0, 3000)  # zero-weight events are dropped
+        fpr, tpr, thr = metrics.roc_curve(y, s, w)
+        ref = skm.roc_curve(y, s, sample_weight=w, drop_intermediate=False)
+        np.testing.assert_allclose(fpr, ref[0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(tpr, ref[1], rtol=1e-12, atol=1e-15)
+        np.testing.assert_array_equal(thr[1:], ref[2][1:])

@@ -220,5 +220,5 @@ def _column(series: Any) -> np.ndarray:
     if isinstance(series.dtype, pd.CategoricalDtype):
         codes = series.cat.codes.to_numpy()
         names = np.asarray([str(c) for c in series.cat.categories] + ["nan"])
-        return names[codes]  # code -1 (missing) is the last name, "nan" as astype(str) gives
+        return names[codes]  # code -1 (missing): the last name, "nan"
     return series.to_numpy()
