@@ -14,7 +14,7 @@ the training set, as the export's 20 % validation fraction gives), batch 4096, f
 time of the whole ``engine.train`` call (validation, early-stopping bookkeeping, checkpoints
 and the best-epoch restore included), the fastest of 2 (``--quick``) or 3 identical
 trainings (a busy host's stalls are not the engine's); a warm-up call runs first.  Extra
-rows validate every 4th epoch (``validate_every: 4``; the preset validates every epoch).
+rows validate every 4th epoch (``validate_every: 4``; the base preset validates every 2nd).
 
 The ratio engine / plain is printed in the same run (acceptance of issue #17: >= 0.9 for
 ``none``, >= 0.5 for ``disco``, CPU, 2 threads).  The plain loop is timed before and after
@@ -239,7 +239,7 @@ def _device_rows(device: str, n_train: int, epochs: int, quick: bool) -> dict[st
     plain = [_plain_rate(data, device, epochs, repeats)]
     methods = ("none", "disco") if quick else ("none", "disco", "adversarial")
     rows = {m: (m, {}) for m in methods}
-    # the preset validates after every epoch; the same trainings validated every 4th epoch
+    # the preset's validation interval (2); the same trainings validated every 4th epoch
     rows.update({f"{m}_validate_every_{EVERY}": (m, {"validate_every": EVERY}) for m in methods})
     for i, (key, (method, overrides)) in enumerate(rows.items()):
         res[key] = _engine_rate(

@@ -70,7 +70,7 @@ def test_values_match_dcor_and_the_tiled_form_per_weighting(torch, dcor, disco, 
     )
     rng = np.random.default_rng(n + 1)
     w = np.stack([rng.gamma(2.0, 0.5, n), rng.poisson(1.0, n) + 0.0, np.ones(n)], axis=1)
-    got = disco.distance_corr_sq_values(_t(torch, x), _t(torch, y), _t(torch, w), tile_size=37)
+    got = disco.distance_corr_sq_values(_t(torch, x), _t(torch, y), _t(torch, w))
     for k in range(3):
         col = _t(torch, w[:, k])
         if w[:, k].sum() <= 0:
@@ -224,3 +224,19 @@ def test_float32_close_to_float64(torch, disco):
     got = disco.distance_corr_sq(xf, yf)  # tiled (above the default threshold), in float32
     assert got.dtype == torch.float32
     assert float(got) == pytest.approx(ref, rel=1e-4)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 1024, 1025])
+@pytest.mark.parametrize("kind", ["nonlinear", "ties"])
+def test_pair_product_sums_equal_the_sum_over_the_pairs(torch, disco, n, kind):
+    """The dominance-sum form of sum_ij p_i p_j |x_i - x_j| |y_i - y_j| (O(N log^2 N)) equals
+    the explicit N x N sum, per weighting, at and beside powers of two, with ties and
+    zero weights."""
+    x, y = _sample(n, 7 + n, kind)
+    rng = np.random.default_rng(n)
+    w = np.stack([rng.poisson(1.0, n) + 0.0, rng.exponential(size=n)], axis=1)
+    want = np.einsum(
+        "ik,jk,ij->k", w, w, np.abs(x[:, None] - x[None, :]) * np.abs(y[:, None] - y[None, :])
+    )
+    got = disco._pair_product_sums(_t(torch, x), _t(torch, y), _t(torch, w)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * max(1.0, np.abs(want).max()))

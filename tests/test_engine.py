@@ -302,3 +302,57 @@ def test_predict_in_cache_sized_batches_equals_one_large_batch():
     whole = networks.predict(net, x, batch_size=len(x), sigmoid=True)
     np.testing.assert_allclose(default, whole, rtol=1e-6, atol=1e-7)
     assert default.dtype == np.float64 and default.shape == (5000,)
+
+
+def test_cpu_dropout_is_dropout_fixed_by_the_torch_seed():
+    """vhbb's CPU Dropout: drops a fraction p of the elements (binomial 5 sigma), scales the kept
+    ones by 1 / keep (the mean is kept), is the identity in eval mode, is fixed by
+    torch.manual_seed, and its gradient is the mask."""
+    import numpy as np
+    import torch
+
+    from vhbb.ml.networks import Dropout
+
+    p, n = 0.05, 1_000_000
+    d = Dropout(p).train()
+    x = torch.ones(n, requires_grad=True)
+    torch.manual_seed(11)
+    out = d(x)
+    dropped = int((out == 0).sum())
+    assert abs(dropped - p * n) < 5 * np.sqrt(n * p * (1 - p))
+    keep = 1 - round(p * 65536) / 65536
+    assert set(torch.unique(out).tolist()) == {0.0, float(torch.tensor(1 / keep))}
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # d(x * mask)/dx = mask, and out = mask here
+    torch.manual_seed(11)
+    assert torch.equal(d(torch.ones(n)), out.detach())
+    assert not torch.equal(d(torch.ones(n)), out.detach())  # the next draw differs
+    y = torch.randn(50, 7)
+    assert torch.equal(d.eval()(y), y)
+
+
+def test_cpu_dropout_mask_is_the_documented_construction():
+    """The mask is 16 bits of ``default_rng(seed).bytes(2 n)`` per element (seed drawn from
+    torch's generator), kept at >= round(p 65536): written here with ``bytes`` and
+    ``np.where`` (the former construction), equal bit for bit in float32 and float64, for
+    element counts that are not a multiple of four."""
+    import numpy as np
+    import torch
+
+    from vhbb.ml.networks import Dropout, mask_bits
+
+    for seed, n in [(1, 7), (2**61 + 5, 4096 * 128), (99, 2048 * 64 + 3)]:
+        expected = np.frombuffer(np.random.default_rng(seed).bytes(2 * n), dtype=np.uint16)
+        np.testing.assert_array_equal(mask_bits(seed, n), expected)
+    d = Dropout(0.1).train()
+    threshold = round(0.1 * 65536)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(301, 17, dtype=dtype)
+        torch.manual_seed(5)
+        got = d(x)
+        torch.manual_seed(5)
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        bits = np.frombuffer(np.random.default_rng(seed).bytes(2 * x.numel()), dtype=np.uint16)
+        scale = np.asarray(1 / (1 - threshold / 65536), dtype=x.numpy().dtype)
+        mask = np.where(bits >= threshold, scale, scale.dtype.type(0)).reshape(x.shape)
+        assert torch.equal(got, x * torch.from_numpy(mask))

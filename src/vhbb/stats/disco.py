@@ -45,7 +45,8 @@ Two forms with the same value and gradient:
   Time is ``O(N^2)`` for both forms (three tiled sweeps: two forward, one backward).
 
 :func:`distance_corr_sq_values` is the value only (validation, evaluation): float64, row means
-by sorting, one sweep over the pairs shared by several weightings (bootstrap replicas).
+by sorting and the pair sum by dominance sums (O(N log^2 N)), several weightings (bootstrap
+replicas) at once.
 
 :func:`distance_corr_sq` dispatches: the reference form up to ``threshold`` events, the tiled
 form above.  Weights are constants of the loss (no gradient flows to ``w`` in the tiled form; it
@@ -289,19 +290,57 @@ def _sorted_row_means(v: Tensor, p: Tensor) -> Tensor:
     return out
 
 
-def distance_corr_sq_values(
-    x: Tensor, y: Tensor, w: Tensor, *, tile_size: int | None = None
-) -> Tensor:
+def _pair_product_sums(x: Tensor, y: Tensor, p: Tensor) -> Tensor:
+    """``sum_ij p_i p_j |x_i - x_j| |y_i - y_j|`` for every column of ``p`` (N, R), in
+    O(N log^2 N) without the pairs.
+
+    In the order of ``x`` each pair counts twice with ``|x_i - x_j| = x_i - x_j`` (i after j)
+    and ``|y_i - y_j| = (y_i - y_j) s_ij``, ``s_ij = 2 [y_j < y_i] - 1`` (a tie in x or y
+    makes the term 0 whatever the sign).  Expanded, the sum over the j before i is
+    ``x_i y_i A[1] - x_i A[y] - y_i A[x] + A[xy]`` with ``A[f] = 2 D[f] - P[f]``: ``P[f]`` the
+    prefix sums of ``p f`` and ``D[f]`` the dominance sums (over the j before i with
+    ``y_j < y_i``), which the levels of a bottom-up merge sort give: at block size ``b`` the
+    left half of every pair of blocks adds to its right half, both in the order of y, by prefix
+    sums within the pair (a tie in y may count as smaller: its term cancels either way).  The
+    events are padded to a power of two with zero weight (last in both orders).
+    """
+    n, r = p.shape
+    ox = torch.argsort(x, stable=True)
+    xs, ys, ps = x[ox], y[ox], p[ox]
+    g = torch.cat([ps, ps * xs[:, None], ps * ys[:, None], ps * (xs * ys)[:, None]], dim=1)
+    prefix = torch.cumsum(g, dim=0) - g
+    n_levels = math.ceil(math.log2(n)) if n > 1 else 0
+    size = 2**n_levels
+    by_y = torch.cat([torch.argsort(ys), torch.arange(n, size, device=x.device)])
+    g_pad = torch.cat([g, g.new_zeros(size - n, g.shape[1])])
+    dom = torch.zeros_like(g_pad)
+    if n_levels:
+        b = (2 ** torch.arange(n_levels, device=x.device))[:, None]  # block size per level
+        seq = by_y[torch.argsort(by_y[None, :] // (2 * b), dim=1, stable=True)]
+        right = ((seq // b) % 2 == 1)[..., None].to(g.dtype)
+        left_g = g_pad[seq] * (1 - right)  # (levels, size, 4R), pair by pair in y order
+        gained = torch.empty_like(left_g)
+        for level in range(n_levels):  # prefix sums within each pair of blocks
+            pairs = left_g[level].view(size >> (level + 1), 2 << level, -1)
+            gained[level] = (torch.cumsum(pairs, dim=1) - pairs).view(size, -1)
+        dom.index_add_(0, seq.reshape(-1), (gained * right).reshape(size * n_levels, -1))
+    a = 2 * dom[:n] - prefix
+    a1, ax, ay, axy = a[:, :r], a[:, r : 2 * r], a[:, 2 * r : 3 * r], a[:, 3 * r :]
+    per_event = (xs * ys)[:, None] * a1 - xs[:, None] * ay - ys[:, None] * ax + axy
+    return 2 * (ps * per_event).sum(dim=0)
+
+
+def distance_corr_sq_values(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
     """``dCor^2`` of ``(x, y)`` for each column of the weights ``w`` (N, R) at once, without
-    gradients, in float64: the value of :func:`distance_corr_sq` (to ~1e-12) in about a third
-    of the tiled form's time, and one O(N^2) sweep for all ``R`` weightings (bootstrap replicas).
+    gradients, in float64: the value of :func:`distance_corr_sq` (to ~1e-12) in O(N log^2 N)
+    time and O(N R) memory (4000 events: ~1 ms against 13 ms for the O(N^2) sweep).
 
     The row means come from sorting (:func:`_sorted_row_means`), ``sum p p a^2`` is
-    ``2 Var_p(x)``, and ``dCov^2 = sum p p a b - 2 sum p r s + abar bbar``: only
-    ``sum_ij p_i p_j a_ij b_ij`` needs the pairs (row tiles of ``tile_size``).  That algebraic
-    form cancels when ``dCor^2`` is small, which float64 affords (at ``dCor^2 = 1e-4`` about
-    12 significant digits remain) and the float32 training loss would not.  A weighting with
-    a non-positive sum gives NaN; a constant ``x`` or ``y`` gives 0.
+    ``2 Var_p(x)``, and ``dCov^2 = sum p p a b - 2 sum p r s + abar bbar``, where
+    ``sum_ij p_i p_j a_ij b_ij`` comes from dominance sums (:func:`_pair_product_sums`).  That
+    algebraic form cancels when ``dCor^2`` is small, which float64 affords (at ``dCor^2 = 1e-4``
+    about 12 significant digits remain) and the float32 training loss would not.  A weighting
+    with a non-positive sum gives NaN; a constant ``x`` or ``y`` gives 0.
     """
     with torch.no_grad():
         x = x.reshape(-1).to(torch.float64)
@@ -324,13 +363,7 @@ def distance_corr_sq_values(
             return 2 * (m2 - m1 * m1) - 2 * (p * rm * rm).sum(dim=0) + mean * mean
 
         saa, sbb = var2(x, r, abar), var2(y, s, bbar)
-        t = _tile_rows(x.numel(), tile_size, x.device)
-        cross = torch.zeros_like(abar)
-        for i0 in range(0, x.numel(), t):
-            blk = slice(i0, i0 + t)
-            prod = (x[blk, None] - x[None, :]).abs_().mul_((y[blk, None] - y[None, :]).abs_())
-            cross += ((prod @ p) * p[blk]).sum(dim=0)
-        sab = cross - 2 * (p * r * s).sum(dim=0) + abar * bbar
+        sab = _pair_product_sums(x, y, p) - 2 * (p * r * s).sum(dim=0) + abar * bbar
         ok = (saa > 0) & (sbb > 0)
         value = torch.where(ok, sab / torch.sqrt(torch.where(ok, saa * sbb, 1.0)), 0.0)
         return torch.where(total > 0, value, torch.nan)
