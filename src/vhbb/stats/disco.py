@@ -333,7 +333,7 @@ def _pair_product_sums(x: Tensor, y: Tensor, p: Tensor) -> Tensor:
 def distance_corr_sq_values(x: Tensor, y: Tensor, w: Tensor) -> Tensor:
     """``dCor^2`` of ``(x, y)`` for each column of the weights ``w`` (N, R) at once, without
     gradients, in float64: the value of :func:`distance_corr_sq` (to ~1e-12) in O(N log^2 N)
-    time and O(N R) memory (4000 events: ~1 ms against 13 ms for the O(N^2) sweep).
+    time and O(N R log N) memory (4000 events: 4.5 ms against 13 ms for the O(N^2) sweep).
 
     The row means come from sorting (:func:`_sorted_row_means`), ``sum p p a^2`` is
     ``2 Var_p(x)``, and ``dCov^2 = sum p p a b - 2 sum p r s + abar bbar``, where
