@@ -28,6 +28,32 @@ def test_gradient_and_hessian_are_exact(stat, alpha):
     np.testing.assert_allclose(hess, num, rtol=1e-5, atol=1e-5 * np.abs(hess).max())
 
 
+@pytest.mark.parametrize("stat", [None, "profile", "parameters"])
+def test_gradient_and_hessian_where_a_prediction_is_clamped(stat):
+    """A shape variation that drives a bin's total below zero (here bin 0 at jes = -2.5, with
+    no events observed there) clamps the prediction at TINY: the value is constant in that bin,
+    and the analytic gradient and Hessian are those of the clamped value (before, the gradient
+    kept the unclamped bin's slope, 3.6e3 off, and toy fits of the default chain ended invalid
+    in 26 of 100 first MIGRADs)."""
+    import dataclasses
+
+    model, asimov = lk.toy_model(4, 3, stat=stat)
+    up, down = model.histo_up.copy(), model.histo_down.copy()
+    up[0, :, 0] = down[0, :, 0] = 0.6 * model.nominal[:, 0]  # 0.4 x nominal at jes = -1
+    model = dataclasses.replace(model, histo_up=up, histo_down=down)
+    observed = np.random.default_rng(1).poisson(asimov).astype(float)
+    observed[0] = 0.0
+    lik = lk.Likelihood(model, observed)
+    x = model.init + np.random.default_rng(2).normal(0, 0.05, model.n_params)
+    x[model.index("jes")] = -2.5
+    assert lik._t(x)[0] == lk.TINY
+    _, grad = lik.value_and_grad(x)
+    np.testing.assert_allclose(grad, _numeric_grad(lik, x), rtol=1e-4, atol=2e-4)
+    hess = lik.hessian(x)
+    num = np.array([(lik.grad(x + e) - lik.grad(x - e)) / 2e-6 for e in np.eye(len(x)) * 1e-6])
+    np.testing.assert_allclose(hess, num, rtol=1e-5, atol=1e-5 * np.abs(hess).max())
+
+
 def test_nll_is_zero_at_asimov_point():
     model, asimov = lk.toy_model(3, 3, stat="profile")
     assert lk.Likelihood(model, asimov)(model.init) == pytest.approx(0.0, abs=1e-9)

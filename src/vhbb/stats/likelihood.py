@@ -526,22 +526,28 @@ class Likelihood:
         return gamma
 
     def _phi(self, x: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray, np.ndarray | None]:
-        """Sum over bins of phi, phi' (B,) and gamma (profiled or parameters; else None)."""
+        """Sum over bins of phi, phi' (B,) and gamma (profiled or parameters; else None).
+
+        A bin whose prediction is clamped at :data:`TINY` (a total that interpolated shapes
+        drive to zero or below) has a constant phi: its phi' is 0, as the value's derivative
+        (not that of the unclamped prediction, which pulled MIGRAD on towards negative
+        yields where the value no longer changes)."""
         n = self.n
+        live = t > TINY
         if self._profile:
             gamma = self._profiled_gamma(t)
             nu = np.maximum(gamma * t, TINY)
             dg = gamma - self._gcentre
             value = float((nu - n * np.log(nu)).sum() + (dg * dg) @ self._half_inv_s2)
-            return value, gamma - n / t, gamma
+            return value, np.where(live, gamma - n / t, 0.0), gamma
         if self._params:
             gamma = np.ones(len(t))
             gamma[self._gmask] = x[self._gidx]
             nu = np.maximum(gamma * t, TINY)
             dg = gamma[self._gmask] - self._gc
             value = float(np.sum(nu - n * np.log(nu)) + np.sum(dg * dg / (2.0 * self._gsig2)))
-            return value, gamma - n / t, gamma
-        return float((t - n * np.log(t)).sum()), 1.0 - n / t, None
+            return value, np.where(live, gamma - n / t, 0.0), gamma
+        return float((t - n * np.log(t)).sum()), np.where(live, 1.0 - n / t, 0.0), None
 
     def value_and_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         x = np.asarray(x, dtype=np.float64)
@@ -570,7 +576,8 @@ class Likelihood:
             n = self.n
             assert gamma is not None
             dg = (gamma[self._gmask] - self._gc) / self._gsig2
-            grad[self._gidx] = (t - n / np.maximum(gamma, TINY))[self._gmask] + dg
+            poisson = np.where(t > TINY, t - n / np.maximum(gamma, TINY), 0.0)  # see _phi
+            grad[self._gidx] = poisson[self._gmask] + dg
         if model.gauss_index is not None:
             d = x[model.gauss_index] - self.aux.gauss
             wg = model.gauss_inv_cov @ d  # type: ignore[operator]
@@ -632,6 +639,8 @@ class Likelihood:
             curv = self._data_curv(t) - inv
         else:
             curv = self._data_curv(t)
+        live = t > TINY  # a clamped prediction is a constant (see _phi)
+        curv = np.where(live, curv, 0.0)
         hess = (jac * curv) @ jac.T
         fi = c.fac_index
         hess[c.fac_ix] += d2 @ v
@@ -648,9 +657,10 @@ class Likelihood:
         if self._params:
             assert gamma is not None
             g = self._gidx
-            hess[g, g] = (n / gamma**2)[self._gmask] + 1.0 / self._gsig2
-            hess[:, g] += jac[:, self._gmask]
-            hess[g, :] += jac[:, self._gmask].T
+            hess[g, g] = np.where(live, n / gamma**2, 0.0)[self._gmask] + 1.0 / self._gsig2
+            cross_g = jac[:, self._gmask] * live[self._gmask]
+            hess[:, g] += cross_g
+            hess[g, :] += cross_g.T
         if model.gauss_index is not None:
             hess[np.ix_(model.gauss_index, model.gauss_index)] += model.gauss_inv_cov
         return hess
