@@ -356,3 +356,28 @@ def test_cpu_dropout_mask_is_the_documented_construction():
         scale = np.asarray(1 / (1 - threshold / 65536), dtype=x.numpy().dtype)
         mask = np.where(bits >= threshold, scale, scale.dtype.type(0)).reshape(x.shape)
         assert torch.equal(got, x * torch.from_numpy(mask))
+
+
+def test_classifier_inference_path_equals_the_module_path():
+    """Classifier's eval forward without autograd (addmm, in-place ReLU) gives the values of
+    the module path bit for bit, for 1 and 2 threads, and the module path is the one taken in
+    training or with gradients."""
+    import torch
+
+    from vhbb.ml import networks
+
+    torch.manual_seed(7)
+    net = networks.Classifier(6, [0, 2, 3, 5], [0.1] * 6, [2.0] * 6, [64, 32], 0.1).eval()
+    x = torch.randn(5000, 6)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            with torch.no_grad():
+                fast = net(x)
+                modules = net.head(net.features(x)).squeeze(-1)
+            assert torch.equal(fast, modules)
+    finally:
+        torch.set_num_threads(threads)
+    with torch.enable_grad():
+        assert net(x).requires_grad  # the module path: autograd sees it
