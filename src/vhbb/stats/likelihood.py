@@ -53,6 +53,14 @@ from vhbb.stats.significance import asimov_significance
 log = logging.getLogger(__name__)
 
 TINY = 1e-300
+
+
+def _live(t: np.ndarray) -> np.ndarray:
+    """Bins whose prediction ``t`` is not clamped at :data:`TINY` (a clamped one is a constant
+    of the likelihood: value, gradient and Hessian; see :meth:`Likelihood._phi`)."""
+    return t > TINY
+
+
 POI = "mu"
 
 
@@ -533,7 +541,7 @@ class Likelihood:
         (not that of the unclamped prediction, which pulled MIGRAD on towards negative
         yields where the value no longer changes)."""
         n = self.n
-        live = t > TINY
+        live = _live(t)
         if self._profile:
             gamma = self._profiled_gamma(t)
             nu = np.maximum(gamma * t, TINY)
@@ -576,7 +584,7 @@ class Likelihood:
             n = self.n
             assert gamma is not None
             dg = (gamma[self._gmask] - self._gc) / self._gsig2
-            poisson = np.where(t > TINY, t - n / np.maximum(gamma, TINY), 0.0)  # see _phi
+            poisson = np.where(_live(t), t - n / np.maximum(gamma, TINY), 0.0)
             grad[self._gidx] = poisson[self._gmask] + dg
         if model.gauss_index is not None:
             d = x[model.gauss_index] - self.aux.gauss
@@ -639,7 +647,7 @@ class Likelihood:
             curv = self._data_curv(t) - inv
         else:
             curv = self._data_curv(t)
-        live = t > TINY  # a clamped prediction is a constant (see _phi)
+        live = _live(t)
         curv = np.where(live, curv, 0.0)
         hess = (jac * curv) @ jac.T
         fi = c.fac_index
