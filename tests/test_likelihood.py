@@ -54,6 +54,25 @@ def test_gradient_and_hessian_where_a_prediction_is_clamped(stat):
     np.testing.assert_allclose(hess, num, rtol=1e-5, atol=1e-5 * np.abs(hess).max())
 
 
+def test_hessian_where_an_empty_bin_has_its_gamma_at_zero():
+    """Profiled MC statistics: in an empty bin with t sigma^2 >= 1 gamma-hat sits at its bound 0
+    and the bin's term is constant; the Hessian is finite and exact there (it was NaN: 0 / 0)."""
+    model, asimov = lk.toy_model(4, 3, stat="profile")
+    observed = np.random.default_rng(1).poisson(asimov).astype(float)
+    lik = lk.Likelihood(model, observed)
+    x = model.init.copy()
+    b = int(np.argmax(lik._t(x) * model.stat_sigma**2))
+    observed[b] = 0.0
+    x[model.norm_index] = 1.0 / (lik._t(x)[b] * model.stat_sigma[b] ** 2)  # t sigma^2 = 1
+    x[model.norm_index] *= 1.5  # t sigma^2 = 1.5: gamma-hat = 0 in bin b
+    lik = lk.Likelihood(model, observed)
+    assert lik.gamma_hat(x)[b] == 0.0
+    hess = lik.hessian(x)
+    assert np.all(np.isfinite(hess))
+    num = np.array([(lik.grad(x + e) - lik.grad(x - e)) / 2e-6 for e in np.eye(len(x)) * 1e-6])
+    np.testing.assert_allclose(hess, num, rtol=1e-5, atol=1e-5 * np.abs(hess).max())
+
+
 def test_nll_is_zero_at_asimov_point():
     model, asimov = lk.toy_model(3, 3, stat="profile")
     assert lk.Likelihood(model, asimov)(model.init) == pytest.approx(0.0, abs=1e-9)
@@ -400,3 +419,67 @@ def test_profile_crossing_equals_minos_on_a_smooth_likelihood():
     assert mn.profile_crossing(m, "mu", 1, step=0.5) == pytest.approx(me.upper, abs=1e-5)
     m.limits["mu"] = (0.8, None)  # no crossing below: a one-sided interval
     assert mn.profile_crossing(m, "mu", -1, step=0.5) is None
+
+
+def _two_well_model():  # type: ignore[no-untyped-def]
+    """jes lowers the low-m_jj SR bins on both sides (30 % up, 22 % down: code-4p makes the
+    yield a hump in jes) and the data there are 25 % low: two minima, the one at jes > 0 lower."""
+    import dataclasses
+
+    model, _ = lk.toy_model(4, 4, stat="profile")
+    up, down = model.histo_up.copy(), model.histo_down.copy()
+    low = np.zeros(model.n_bins, dtype=bool)
+    low[:8] = True
+    up[0][:, low] = -0.30 * model.nominal[:, low]
+    down[0][:, low] = 0.22 * model.nominal[:, low]
+    model = dataclasses.replace(model, histo_up=up, histo_down=down)
+    observed = np.round(4 * lk.asimov(model) * np.where(low, 0.75, 1.0)) / 4
+    return model, observed
+
+
+def test_sign_flip_restarts_find_the_lower_minimum():
+    """Started in the upper well (jes = -0.6), MIGRAD stops in the local minimum; the sign-flip
+    restart reaches the global one.  Reference: the profile of the nll in jes minimised by scipy's
+    bounded Brent on each side (jes fixed: nothing to flip)."""
+    import dataclasses
+
+    from scipy.optimize import minimize_scalar
+
+    model, observed = _two_well_model()
+    i = model.index("jes")
+    start = dataclasses.replace(
+        model, init=np.where(np.arange(model.n_params) == i, -0.6, model.init)
+    )
+
+    def profile(a: float) -> float:
+        return lk.fit(model.with_fixed({"jes": a}), observed, hesse=False, tolerance=1e-3).nll
+
+    wells = [minimize_scalar(profile, bounds=b, method="bounded") for b in [(-2, 0), (0, 2)]]
+    assert wells[0].fun > wells[1].fun + 0.3  # two wells, the right one lower
+    local = lk.fit(start, observed, flips=False)
+    assert local.value("jes") == pytest.approx(wells[0].x, abs=0.02)
+    assert local.nll == pytest.approx(wells[0].fun, abs=2e-3)
+    best = lk.fit(start, observed)
+    assert best.status.flips == 1 and best.status.valid
+    assert best.value("jes") == pytest.approx(wells[1].x, abs=0.02)
+    assert best.nll == pytest.approx(wells[1].fun, abs=2e-3)
+    # with MINOS (the classic Minuit starts at the lowest minimum) and in the toy fitter
+    with_minos = lk.fit(start, observed, minos=["mu"])
+    assert with_minos.nll == pytest.approx(best.nll, abs=1e-3)
+    assert with_minos.status.flips == 1 and with_minos.status.minos_valid
+    from vhbb.stats import toys as st
+
+    fits = st.fit_toys(start, np.vstack([observed, observed]))
+    np.testing.assert_allclose(fits.nll, best.nll, atol=1e-3)
+    assert list(fits.flips) == [1, 1]
+    assert st.fit_toys(start, observed[None], flips=False).nll[0] == pytest.approx(local.nll)
+
+
+def test_sign_flip_restarts_leave_a_unimodal_fit_alone():
+    """One well: the restarts find nothing lower and the fit is the one without them."""
+    model, asimov = lk.toy_model(4, 4, stat="profile", jes_asymmetry=0.03)
+    observed = np.random.default_rng(3).poisson(asimov).astype(float)
+    a, b = lk.fit(model, observed), lk.fit(model, observed, flips=False)
+    assert a.status.flips == 0
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.errors, b.errors)

@@ -113,6 +113,8 @@ class ToyFits:
     errors: np.ndarray
     valid: np.ndarray  # (N,) bool
     nll: np.ndarray  # (N,)
+    # toys whose fit found a lower minimum by a sign-flip restart (likelihood._Fitter)
+    lower_minima: int = 0
 
     @property
     def n_valid(self) -> int:
@@ -145,6 +147,7 @@ def run_toys(
         fits.errors[:, cols],
         st.accepted(model, fits, edm_accept=EDM_ACCEPT),
         fits.nll,
+        0 if fits.flips is None else int(np.count_nonzero(fits.flips)),
     )
 
 
@@ -212,6 +215,7 @@ def closure(
     return {
         "n_toys": n_toys,
         "n_valid": fits.n_valid,
+        "lower_minima_found": fits.lower_minima,
         "nuisances": nuisances,
         "templates_fluctuated": templates,
         "truth": {p: float(x_true[model.index(p)]) for p in params},
@@ -252,6 +256,7 @@ def injection(
                 "injected": float(mu),
                 "n_toys": n_toys,
                 "n_valid": fits.n_valid,
+                "lower_minima_found": fits.lower_minima,
                 "mean_fitted": summary.get("mean_value"),
                 "std_fitted": summary.get("std_value"),
                 "bias": None

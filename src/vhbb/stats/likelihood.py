@@ -642,8 +642,9 @@ class Likelihood:
         if self._profile:
             assert gamma is not None
             # 1 / (n / gamma^2 + 1 / sigma^2), 0 where sigma = 0
-            den = n / np.maximum(gamma, TINY) ** 2 + 2.0 * self._half_inv_s2
-            inv = np.divide(1.0, den, out=np.zeros_like(den), where=self._s2 > 0)
+            # an empty bin's gamma at its bound 0 (t sigma^2 >= 1) is constant in t: no term
+            den = n / np.maximum(gamma, 1e-150) ** 2 + 2.0 * self._half_inv_s2
+            inv = np.divide(1.0, den, out=np.zeros_like(den), where=(self._s2 > 0) & (gamma > 0))
             curv = self._data_curv(t) - inv
         else:
             curv = self._data_curv(t)
@@ -782,6 +783,24 @@ def _step(model: Model, i: int) -> float:
 
 ANALYTIC = "analytic Hessian"
 MAX_RESTARTS = 3  # MIGRAD restarts from lower minima found by the MINOS profiling
+# Sign-flip restarts (see :class:`_Fitter`): a shape nuisance closer than FLIP_MIN to its
+# constraint centre is not flipped (the start would barely move); a minimum counts as lower when
+# it is FLIP_IMPROVEMENT below the best one so far; at most MAX_FLIP_ROUNDS successive lower
+# minima are followed.  A restart is one strategy-0 MIGRAD of at most FLIP_NCALL calls and no
+# strategy-2 retry (on the default chain's toys a valid restart takes ~60 calls; the few that
+# wander off are dropped, not chased).
+FLIP_MIN = 0.3
+FLIP_IMPROVEMENT = 1e-3
+MAX_FLIP_ROUNDS = 4
+FLIP_NCALL = 200
+
+
+def _limit_arrays(
+    limits: Sequence[tuple[float | None, float | None]],
+) -> tuple[np.ndarray, np.ndarray]:
+    lo = np.array([-np.inf if a is None else a for a, _ in limits], dtype=np.float64)
+    hi = np.array([np.inf if b is None else b for _, b in limits], dtype=np.float64)
+    return lo, hi
 
 
 def _near_limit(
@@ -804,6 +823,16 @@ class _Fitter:
     parameter within a width of a limit, or an invalid minimum) and for MINOS, the fit is redone
     with a fresh Minuit without it, exactly the classic fit (numerical HESSE inside MIGRAD, its
     strategy-2 retry).
+
+    **Sign-flip restarts** (``flips``, default on): code-4p shape nuisances whose up and down
+    variations move a bin the same way make the likelihood multimodal; nearly degenerate
+    nuisances (the JES sources) then have minima that differ by the sign of one of them, up to
+    tens of units of NLL apart.  After the first MIGRAD, each free shape nuisance at least
+    ``FLIP_MIN`` from its constraint centre is reflected about the centre, one at a time (largest
+    first), and MIGRAD restarts from there; a valid minimum ``FLIP_IMPROVEMENT`` lower replaces
+    the best one and the flips start again from it (at most ``MAX_FLIP_ROUNDS`` times).  The fit
+    proper (covariance, MINOS) then starts at the lowest minimum found; ``status.flips`` counts
+    the lower minima found this way.
     """
 
     def __init__(
@@ -814,17 +843,59 @@ class _Fitter:
         *,
         tolerance: float = 0.1,
         strategy: int = 1,
+        flips: bool = True,
     ) -> None:
         self.model = model
         self.tolerance = tolerance
         self.strategy = strategy
         self.lik = Likelihood(model, observed, aux)
         self._m: Any = None
+        self._m_flip: Any = None
         self._free: np.ndarray = np.flatnonzero(~np.asarray(model.fixed, dtype=bool))
         self._limits = [model.bounds[i] for i in self._free]
+        # the free shape nuisances: positions among the free parameters, constraint centres
+        histo = [int(i) for i in model.histo_index if not model.fixed[int(i)]] if flips else []
+        pos = {int(i): k for k, i in enumerate(self._free)}
+        self._flip_pos = np.array([pos[i] for i in histo], dtype=int)
+        alpha = np.asarray(self.lik.aux.alpha, dtype=np.float64)
+        self._flip_centre = alpha[histo] if histo else np.zeros(0)
 
     def set_observed(self, observed: np.ndarray) -> None:
         self.lik.set_observed(observed)
+
+    def _explorer(self) -> Any:
+        """The Minuit of the sign-flip restarts (analytic Hessian; its own state)."""
+        if self._m_flip is None:
+            self._m_flip, _ = _minuit(self.lik, self.model, self.tolerance, self.strategy, True)
+        return self._m_flip
+
+    def _flip_search(self, first: np.ndarray, first_nll: float, label: str) -> tuple[Any, int]:
+        """Sign-flip restarts from the minimum ``first`` (free parameters; ``first_nll`` inf when
+        that minimum is not valid): the free parameters at the lowest valid minimum found, or
+        None when none is lower, and the number of lower minima found."""
+        best, best_nll = np.asarray(first, dtype=np.float64), first_nll
+        lo, hi = _limit_arrays(self._limits)
+        m, found = self._explorer(), 0
+        for _ in range(MAX_FLIP_ROUNDS):
+            offset = best[self._flip_pos] - self._flip_centre
+            lower = False
+            for k in np.argsort(-np.abs(offset), kind="stable"):
+                if abs(offset[k]) < FLIP_MIN:
+                    break
+                start = best.copy()
+                start[self._flip_pos[k]] = self._flip_centre[k] - offset[k]
+                m.reset()
+                m.strategy = 0
+                m.values = np.clip(start, lo, hi)
+                m.migrad(ncall=FLIP_NCALL)  # no strategy-2 retry: an invalid restart is dropped
+                if m.fmin.is_valid and m.fmin.fval < best_nll - FLIP_IMPROVEMENT:
+                    best, best_nll = np.array(m.values, dtype=np.float64), float(m.fmin.fval)
+                    found += 1
+                    lower = True
+                    break
+            if not lower:
+                break
+        return (best if found else None), found
 
     def _analytic_minuit(self) -> Any:
         if self._m is None:
@@ -844,17 +915,32 @@ class _Fitter:
     ) -> FitResult:
         model, lik, free = self.model, self.lik, self._free
         values = model.init.astype(np.float64).copy()
+        start, flips = None, 0
         m = None
-        if not minos:
+        if not minos or len(self._flip_pos):
             m = self._analytic_minuit()
             mn.migrad(m, label, require_valid=False)
+            if len(self._flip_pos):
+                nll = float(m.fmin.fval) if m.fmin.is_valid else np.inf
+                start, flips = self._flip_search(np.array(m.values), nll, label)
+                if flips:
+                    log.debug("%s: %d lower minima found by sign-flip restarts", label, flips)
+                    # no reset: after one, assigning values would also move Minuit's initial
+                    # state (iminuit shares it until the next MIGRAD), the next fit's start
+                    m.values = start
+                    mn.migrad(m, label, require_valid=False)
+        if m is not None and not minos:
             values[free] = m.values
             if not m.fmin.is_valid or _near_limit(
                 values[free], np.diag(lik.hessian(values))[free], self._limits
             ):
                 m = None
+        elif minos:
+            m = None
         if m is None:
             m, _ = _minuit(lik, model, self.tolerance, self.strategy)
+            if start is not None:
+                m.values = start
             mn.migrad(m, label, require_valid=require_valid)
             values[free] = m.values
         minos_out: dict[str, tuple[float, float]] = {}
@@ -918,6 +1004,7 @@ class _Fitter:
             at_limit=tuple(limited),
             minos_fallback=tuple(fallbacks),
             restarts=restarts,
+            flips=flips,
         )
         return FitResult(
             names=model.names,
@@ -941,6 +1028,7 @@ def fit(
     label: str = "fit",
     require_valid: bool = True,
     aux: AuxData | None = None,
+    flips: bool = True,
 ) -> FitResult:
     """Maximum-likelihood fit: MIGRAD, the covariance, MINOS on ``minos`` (:mod:`.minuit`).
 
@@ -953,7 +1041,7 @@ def fit(
     MIGRAD checks its minimum with the analytic Hessian where Minuit can use it
     (:class:`_Fitter`).
     """
-    fitter = _Fitter(model, observed, aux, tolerance=tolerance, strategy=strategy)
+    fitter = _Fitter(model, observed, aux, tolerance=tolerance, strategy=strategy, flips=flips)
     return fitter.run(hesse=hesse, minos=minos, label=label, require_valid=require_valid)
 
 

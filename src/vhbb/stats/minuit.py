@@ -49,6 +49,8 @@ class FitStatus:
     minos_fallback: tuple[str, ...] = ()
     # MIGRAD restarts from a lower minimum found while profiling for MINOS (:class:`NewMinimum`)
     restarts: int = 0
+    # lower minima found by the sign-flip restarts of shape nuisances (likelihood._Fitter)
+    flips: int = 0
 
     @classmethod
     def from_fmin(
@@ -77,6 +79,7 @@ class FitStatus:
             "at_limit": list(self.at_limit),
             "minos_fallback": list(self.minos_fallback),
             "restarts": self.restarts,
+            "flips": self.flips,
         }
 
 

@@ -45,6 +45,8 @@ class ToyFitArrays:
     covariance_accurate: np.ndarray  # (N,) bool
     covariance_posdef: np.ndarray  # (N,) bool
     failed: np.ndarray  # (N,) bool
+    # (N,) lower minima found by the sign-flip restarts (:class:`~vhbb.stats.likelihood._Fitter`)
+    flips: np.ndarray | None = None
 
     def columns(self, params: Sequence[str]) -> list[int]:
         return [self.names.index(p) for p in params]
@@ -131,7 +133,7 @@ _FIT_ERRORS = (lk.FitError, ValueError, np.linalg.LinAlgError)
 
 def _fit_chunk(args: tuple) -> tuple[np.ndarray, ...]:
     """Fit the rows of ``toys`` with one reusable fitter; the per-toy result columns."""
-    model, toys, hesse, tolerance, strategy, aux, single_thread = args
+    model, toys, hesse, tolerance, strategy, aux, flips, single_thread = args
     if single_thread:  # one BLAS thread per worker process (no oversubscription)
         try:
             from threadpoolctl import threadpool_limits
@@ -145,7 +147,10 @@ def _fit_chunk(args: tuple) -> tuple[np.ndarray, ...]:
     nll = np.full(n, np.nan)
     flags = np.zeros((n, 4), dtype=bool)  # valid, accurate, posdef, failed
     edm = np.full(n, np.nan)
-    fitter = lk._Fitter(model, np.zeros(model.n_bins), aux, tolerance=tolerance, strategy=strategy)
+    lower = np.zeros(n, dtype=np.int64)
+    fitter = lk._Fitter(
+        model, np.zeros(model.n_bins), aux, tolerance=tolerance, strategy=strategy, flips=flips
+    )
     for j, toy in enumerate(toys):
         try:
             fitter.set_observed(toy)
@@ -156,7 +161,8 @@ def _fit_chunk(args: tuple) -> tuple[np.ndarray, ...]:
         st = res.status
         values[j], errors[j], nll[j], edm[j] = res.values, res.errors, res.nll, st.edm
         flags[j, :3] = (st.valid, st.covariance_accurate, st.covariance_posdef)
-    return values, errors, nll, edm, flags
+        lower[j] = st.flips
+    return values, errors, nll, edm, flags, lower
 
 
 def fit_toys(
@@ -168,17 +174,19 @@ def fit_toys(
     strategy: int = 1,
     aux: lk.AuxData | None = None,
     workers: int = 1,
+    flips: bool = True,
 ) -> ToyFitArrays:
     """Fit every row of ``toys`` (N, B) as ``lk.fit(model, toy, hesse=hesse,
     require_valid=False, ...)`` would, with one reusable fitter per worker.
 
     ``workers > 1`` (and at least 4 toys per worker) forks that many processes, toy ``j`` going
     to worker ``j % workers``; the results do not depend on ``workers``.  For fits from other
-    start values pass ``dataclasses.replace(model, init=start)``.
+    start values pass ``dataclasses.replace(model, init=start)``.  ``flips``: the fitter's
+    sign-flip restarts of shape nuisances (``ToyFitArrays.flips`` counts the lower minima).
     """
     toys = np.atleast_2d(np.asarray(toys, dtype=np.float64))
     n = len(toys)
-    args = (hesse, tolerance, strategy, aux)
+    args = (hesse, tolerance, strategy, aux, flips)
     if workers > 1 and n >= 4 * workers:
         import concurrent.futures as cf
         import multiprocessing as mp
@@ -191,15 +199,15 @@ def fit_toys(
                 )
             )
         cols = []
-        for c in range(5):
+        for c in range(6):
             first = parts[0][c]
             col = np.empty((n, *first.shape[1:]), dtype=first.dtype)
             for k, part in enumerate(parts):
                 col[k::workers] = part[c]
             cols.append(col)
-        values, errors, nll, edm, flags = cols
+        values, errors, nll, edm, flags, lower = cols
     else:
-        values, errors, nll, edm, flags = _fit_chunk((model, toys, *args, False))
+        values, errors, nll, edm, flags, lower = _fit_chunk((model, toys, *args, False))
     return ToyFitArrays(
         names=model.names,
         values=values,
@@ -210,6 +218,7 @@ def fit_toys(
         covariance_accurate=flags[:, 1],
         covariance_posdef=flags[:, 2],
         failed=flags[:, 3],
+        flips=lower,
     )
 
 
