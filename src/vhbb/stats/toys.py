@@ -249,7 +249,8 @@ def run_toys(
     templates: bool = False,
     workers: int = 1,
     tolerance: float = 0.1,
+    flips: bool = True,
 ) -> ToyFitArrays:
     """:func:`generate_toys` at ``x_true`` and :func:`fit_toys` (with the HESSE covariance)."""
     toys = generate_toys(model, x_true, seeds, nuisances=nuisances, templates=templates)
-    return fit_toys(model, toys, workers=workers, tolerance=tolerance)
+    return fit_toys(model, toys, workers=workers, tolerance=tolerance, flips=flips)
