@@ -327,3 +327,45 @@ def test_onnx_of_other_layers_takes_torchs_exporter(sr_data, tmp_path):
     np.testing.assert_allclose(out.reshape(-1), train.predict(clf, x), atol=1e-5)
     assert json.loads(sess.get_modelmeta().custom_metadata_map["feature_names"]) == names
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def test_validation_subsets_are_uniform_draws_not_the_first_events():
+    """The export groups events by process; the per-epoch dCor and JES score shift use seeded
+    uniform draws of the validation events (before: the first N non-resonant events, in the
+    default SR nearly all Zhf).  Values equal the estimators on the drawn rows."""
+    from vhbb.ml.networks import Classifier
+    from vhbb.stats.disco import distance_corr_sq_values
+
+    rng = np.random.default_rng(5)
+    n, nf = 6000, 4
+    block = np.repeat([0, 1, 2], n // 3)  # 'processes' in file order; block 0: resonant
+    x = rng.normal(size=(n, nf)).astype(np.float32) + block[:, None].astype(np.float32)
+    val = {
+        "x": torch.as_tensor(x),
+        "y": torch.as_tensor((block == 0).astype(np.float32)),
+        "w": torch.ones(n),
+        "dw": torch.as_tensor((block > 0).astype(np.float32)),
+        "m": torch.as_tensor(rng.normal(size=n).astype(np.float32)),
+        "x_var": torch.as_tensor(x * 1.05),
+        "pw": torch.as_tensor(rng.uniform(0.5, 1.5, n).astype(np.float32)),
+    }
+    torch.manual_seed(0)
+    clf = Classifier(nf, range(nf), [0.0] * nf, [1.0] * nf, [16], 0.0).eval()
+    spec = {"validation_dcor_events": 1000, "validation_sys_events": 900, "collapse_threshold": 0}
+    with torch.no_grad():
+        out = train.validator(spec, clf, val, seed=7)()
+        score = torch.sigmoid(clf(val["x"])).numpy()
+        s_var = torch.sigmoid(clf(val["x_var"])).numpy()
+    draw = np.random.default_rng(7 + 23)
+    rows = np.sort(draw.choice(np.flatnonzero(block > 0), size=1000, replace=False))
+    assert 0.4 < np.mean(block[rows] == 1) < 0.6  # both non-resonant blocks, not the first only
+    wn = torch.ones(len(rows)) * 1.0
+    want = distance_corr_sq_values(val["m"][rows], torch.as_tensor(score[rows]), wn)[0]
+    assert out["val/dcor_mjj"] == pytest.approx(float(want), rel=1e-5)
+    sys_rows = np.sort(draw.choice(n, size=900, replace=False))
+    pw = val["pw"].numpy()[sys_rows]
+    shift = np.sum(pw * np.abs(score[sys_rows] - s_var[sys_rows])) / pw.sum()
+    assert out["val/sys_score_shift"] == pytest.approx(float(shift), rel=1e-5)
+    again = train.validator(spec, clf, val, seed=7)
+    with torch.no_grad():
+        assert again() == out  # the same draw: reproducible
